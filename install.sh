@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Installs lm: a virtual environment with llama-cpp-python (CUDA when a GPU and nvcc are present,
+# Metal on macOS, CPU otherwise), the `lm` command on the PATH, and the bundled default model.
+#
+#   ./install.sh            install, then put smollm2:135m (and gemma3:270m) into the model store
+#   ./install.sh --test     also install the test dependencies (used by scripts/test.sh)
+#   ./install.sh --no-models  skip the bundled models
+#
+# Environment: LM_VENV (default: <repo>/.venv), LM_BUILD=cpu|cuda|metal to force the llama.cpp build,
+# LM_BIN_DIR (where the `lm` link goes), LM_MODELS (the model store).
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+venv="${LM_VENV:-$repo/.venv}"
+llama_version="0.3.36"
+with_test=0
+with_models=1
+for arg in "$@"; do
+  case "$arg" in
+    --test) with_test=1 ;;
+    --no-models) with_models=0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "install.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+
+python="${PYTHON:-$(command -v python3 || true)}"
+[ -n "$python" ] || { echo "install.sh: python3 is required" >&2; exit 1; }
+"$python" - <<'EOF' || { echo "install.sh: Python 3.10 or newer is required" >&2; exit 1; }
+import sys; sys.exit(sys.version_info < (3, 10))
+EOF
+
+if [ ! -x "$venv/bin/python" ]; then
+  echo ">>> creating virtual environment in $venv"
+  "$python" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+fi
+pip=("$venv/bin/python" -m pip install -q)
+
+# Which llama.cpp build: CUDA needs both the compiler and a GPU (nvcc alone is common on build hosts).
+build="${LM_BUILD:-}"
+if [ -z "$build" ]; then
+  if [ "$(uname -s)" = "Darwin" ]; then build=metal
+  elif command -v nvcc >/dev/null && command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then build=cuda
+  else build=cpu; fi
+fi
+have_llama=$("$venv/bin/python" -c "import llama_cpp; print(llama_cpp.__version__)" 2>/dev/null || true)
+if [ "$have_llama" != "$llama_version" ]; then
+  echo ">>> installing llama-cpp-python $llama_version ($build build; compiling takes a few minutes the first time)"
+  case "$build" in
+    cuda)  CMAKE_ARGS="-DGGML_CUDA=on" "${pip[@]}" --no-cache-dir "llama-cpp-python==$llama_version" ;;
+    metal) CMAKE_ARGS="-DGGML_METAL=on" "${pip[@]}" "llama-cpp-python==$llama_version" ;;
+    cpu)   "${pip[@]}" "llama-cpp-python==$llama_version" ;;
+    *) echo "install.sh: LM_BUILD must be cpu, cuda or metal" >&2; exit 2 ;;
+  esac
+fi
+
+echo ">>> installing lm"
+if [ "$with_test" = 1 ]; then "${pip[@]}" -e "$repo[test]"; else "${pip[@]}" -e "$repo"; fi
+
+# Put `lm` on the PATH: the first writable candidate that is already on it, else ~/.local/bin.
+bin_dir="${LM_BIN_DIR:-}"
+if [ -z "$bin_dir" ]; then
+  for d in "$HOME/.local/bin" /usr/local/bin; do
+    case ":$PATH:" in *":$d:"*) if [ -w "$d" ] || { [ ! -e "$d" ] && mkdir -p "$d" 2>/dev/null; }; then bin_dir="$d"; break; fi ;; esac
+  done
+  bin_dir="${bin_dir:-$HOME/.local/bin}"
+fi
+mkdir -p "$bin_dir"
+ln -sf "$venv/bin/lm" "$bin_dir/lm"
+echo ">>> lm is at $bin_dir/lm"
+case ":$PATH:" in
+  *":$bin_dir:"*) ;;
+  *) echo ">>> $bin_dir is not on your PATH: add it, e.g. export PATH=\"$bin_dir:\$PATH\"" ;;
+esac
+
+if [ "$with_models" = 1 ]; then
+  echo ">>> adding the bundled models to the store"
+  "$venv/bin/python" -m runner.bundled_install
+fi
+echo ">>> done: try  lm run smollm2:135m \"Why is the sky blue?\""

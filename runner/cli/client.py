@@ -1,0 +1,113 @@
+"""The CLI's HTTP client for the daemon (stdlib only: the CLI must start fast)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Iterator
+
+from ..config import client_base_url, env
+
+
+class ClientError(Exception):
+    """An error to print as one line; `status` is the HTTP status when the daemon answered."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class Client:
+    def __init__(self, base_url: str | None = None):
+        self.base = (base_url or client_base_url()).rstrip("/")
+
+    def _request(self, method: str, path: str, body=None, *, data: bytes | None = None, timeout=None):
+        headers = {}
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        key = env("API_KEY")
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
+        try:
+            return urllib.request.urlopen(req, timeout=timeout)
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                message = json.loads(raw).get("error") or raw.decode()
+            except (ValueError, AttributeError):
+                message = raw.decode(errors="replace") or exc.reason
+            raise ClientError(message, exc.code) from None
+        except (urllib.error.URLError, ConnectionError) as exc:
+            raise ClientError(f"could not connect to lm at {self.base}: {getattr(exc, 'reason', exc)}") from None
+
+    def json(self, method: str, path: str, body=None) -> dict:
+        with self._request(method, path, body) as resp:
+            raw = resp.read()
+            return json.loads(raw) if raw.strip() else {}
+
+    def stream(self, path: str, body: dict) -> Iterator[dict]:
+        """NDJSON objects from a streaming route; an `{"error"}` line becomes a ClientError."""
+        with self._request("POST", path, body) as resp:
+            for line in resp:
+                if not line.strip():
+                    continue
+                obj = json.loads(line)
+                if "error" in obj:
+                    raise ClientError(obj["error"])
+                yield obj
+
+    def head(self, path: str) -> int:
+        try:
+            with self._request("HEAD", path) as resp:
+                return resp.status
+        except ClientError as exc:
+            if exc.status is None:
+                raise
+            return exc.status
+
+    def upload(self, path: str, file, size: int) -> None:
+        req = urllib.request.Request(self.base + path, data=file, method="POST",
+                                     headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"})
+        key = env("API_KEY")
+        if key:
+            req.add_header("Authorization", f"Bearer {key}")
+        try:
+            urllib.request.urlopen(req).close()
+        except urllib.error.HTTPError as exc:
+            raise ClientError(json.loads(exc.read() or b"{}").get("error") or str(exc), exc.code) from None
+
+    def is_up(self) -> bool:
+        try:
+            with self._request("GET", "/api/version", timeout=2):
+                return True
+        except ClientError:
+            return False
+
+
+def _is_local(base: str) -> bool:
+    host = base.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1", "0.0.0.0")
+
+
+def ensure_daemon(client: Client) -> None:
+    """Starts `lm serve` in the background when nothing answers on a local address."""
+    if client.is_up() or not _is_local(client.base) or os.environ.get("LM_NO_AUTOSTART"):
+        return
+    log_dir = os.path.join(os.path.expanduser("~"), ".cache", "lm")
+    os.makedirs(log_dir, exist_ok=True)
+    with open(os.path.join(log_dir, "serve.log"), "ab") as log:
+        subprocess.Popen([sys.executable, "-m", "runner.cli", "serve"], stdin=subprocess.DEVNULL, stdout=log,
+                         stderr=log, start_new_session=True)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if client.is_up():
+            return
+        time.sleep(0.1)
+    raise ClientError(f"could not start lm serve (see {log_dir}/serve.log)")

@@ -1,0 +1,186 @@
+"""`lm`: the command line. Every command but `serve` is a thin client of the daemon's public API."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .. import __version__
+from .client import Client, ClientError, ensure_daemon
+from .format import ago, human_size, table, until
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="lm: run large language models locally.",
+                  context_settings={"help_option_names": ["-h", "--help"]})
+
+
+def fail(message: str) -> None:
+    typer.echo(f"Error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def connect() -> Client:
+    client = Client()
+    try:
+        ensure_daemon(client)
+    except ClientError as exc:
+        fail(str(exc))
+    return client
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lm version is {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", "-v", callback=_version, is_eager=True,
+                                       help="Show version information")) -> None:
+    pass
+
+
+@app.command()
+def serve() -> None:
+    """Start the daemon (LM_HOST, default 127.0.0.1:11434)."""
+    from ..config import Settings
+    from ..server.app import serve as run_server
+
+    try:
+        run_server(Settings.from_env())
+    except OSError as exc:
+        fail(f"could not listen: {exc}")
+
+
+@app.command()
+def create(name: str, file: Path = typer.Option(Path("Modelfile"), "-f", "--file", help="Name of the Modelfile"),
+           quantize: Optional[str] = typer.Option(None, "-q", "--quantize", help="Quantize model to this level")) -> None:
+    """Create a model from a Modelfile."""
+    from .create_cmd import run_create
+
+    client = connect()
+    try:
+        run_create(client, name, file, quantize)
+    except ClientError as exc:
+        fail(str(exc))
+
+
+def _list() -> None:
+    client = connect()
+    try:
+        models = client.json("GET", "/api/tags").get("models", [])
+    except ClientError as exc:
+        fail(str(exc))
+    rows = [[m["name"], m["digest"][:12], human_size(m["size"]), ago(m["modified_at"])] for m in models]
+    typer.echo(table(["NAME", "ID", "SIZE", "MODIFIED"], rows))
+
+
+app.command("list", help="List models.")(_list)
+app.command("ls", help="List models.", hidden=True)(_list)
+
+
+@app.command()
+def show(name: str,
+         license: bool = typer.Option(False, "--license", help="Show license of a model"),
+         modelfile: bool = typer.Option(False, "--modelfile", help="Show Modelfile of a model"),
+         parameters: bool = typer.Option(False, "--parameters", help="Show parameters of a model"),
+         system: bool = typer.Option(False, "--system", help="Show system message of a model"),
+         template: bool = typer.Option(False, "--template", help="Show template of a model"),
+         verbose: bool = typer.Option(False, "-v", "--verbose", help="Show detailed model information")) -> None:
+    """Show information for a model."""
+    from .show_cmd import print_show
+
+    client = connect()
+    try:
+        info = client.json("POST", "/api/show", {"model": name, "verbose": verbose})
+    except ClientError as exc:
+        fail(str(exc))
+    picked = [k for k, on in (("license", license), ("modelfile", modelfile), ("parameters", parameters),
+                              ("system", system), ("template", template)) if on]
+    if len(picked) > 1:
+        fail("only one of '--license', '--modelfile', '--parameters', '--system', or '--template' can be specified")
+    if picked:
+        typer.echo(info.get(picked[0], ""))
+    else:
+        print_show(info, verbose)
+
+
+@app.command("cp")
+def copy(source: str, destination: str) -> None:
+    """Copy a model."""
+    client = connect()
+    try:
+        client.json("POST", "/api/copy", {"source": source, "destination": destination})
+    except ClientError as exc:
+        fail(str(exc))
+    typer.echo(f"copied '{source}' to '{destination}'")
+
+
+@app.command("rm")
+def remove(names: list[str]) -> None:
+    """Remove one or more models."""
+    client = connect()
+    for name in names:
+        try:
+            client.json("DELETE", "/api/delete", {"model": name})
+        except ClientError as exc:
+            fail(str(exc))
+        typer.echo(f"deleted '{name}'")
+
+
+@app.command()
+def ps() -> None:
+    """List running models."""
+    client = connect()
+    try:
+        models = client.json("GET", "/api/ps").get("models", [])
+    except ClientError as exc:
+        fail(str(exc))
+    rows = [[m["name"], m["digest"][:12], human_size(m["size"]), m.get("processor", "100% CPU"),
+             str(m.get("context_length", "")), until(m["expires_at"])] for m in models]
+    typer.echo(table(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"], rows))
+
+
+@app.command()
+def stop(name: str) -> None:
+    """Stop a running model."""
+    client = connect()
+    try:
+        loaded = {m["name"].lower() for m in client.json("GET", "/api/ps").get("models", [])}
+        short = name.lower() if ":" in name.rsplit("/", 1)[-1] else name.lower() + ":latest"
+        if name.lower() not in loaded and short not in loaded:
+            fail(f"couldn't find model \"{name}\" to stop")
+        client.json("POST", "/api/generate", {"model": name, "keep_alive": 0})
+    except ClientError as exc:
+        fail(str(exc))
+
+
+@app.command(context_settings={"allow_interspersed_args": True})
+def run(name: str, prompt: Optional[list[str]] = typer.Argument(None),
+        verbose: bool = typer.Option(False, "--verbose", help="Show timings for response"),
+        keepalive: Optional[str] = typer.Option(None, "--keepalive", help="Duration to keep a model loaded (e.g. 5m)"),
+        format: Optional[str] = typer.Option(None, "--format", help='Response format (e.g. json)'),
+        nowordwrap: bool = typer.Option(False, "--nowordwrap", help="Don't wrap words to the next line automatically"),
+        think: Optional[bool] = typer.Option(None, "--think/--nothink", help="Enable thinking mode"),
+        hidethinking: bool = typer.Option(False, "--hidethinking", help="Hide thinking output"),
+        insecure: bool = typer.Option(False, "--insecure", help="Use an insecure registry")) -> None:
+    """Run a model: answer PROMPT, or chat interactively without one."""
+    from .run_cmd import RunOptions, run_model
+
+    client = connect()
+    opts = RunOptions(verbose=verbose, keepalive=keepalive, format=format, wordwrap=not nowordwrap, think=think,
+                      hidethinking=hidethinking)
+    text = " ".join(prompt or [])
+    if not sys.stdin.isatty():
+        piped = sys.stdin.read()
+        text = f"{text}\n{piped}".strip() if text else piped
+    try:
+        run_model(client, name, text or None, opts)
+    except ClientError as exc:
+        fail(str(exc))
+
+
+def main() -> None:
+    app(prog_name="lm")

@@ -1,0 +1,196 @@
+"""Building a model in the store from /api/create's JSON form (what `lm create -f Modelfile` sends).
+
+Every layer is written as a blob first, the manifest last: a failure at any step leaves no model
+under the new name and no half-written file (blobs are written atomically by the store).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from typing import Callable
+
+from modelfiles import OptionError, TemplateError, load_named_template, named_template_for, parse_template, validate_options
+from registry import (
+    MEDIA_ADAPTER, MEDIA_CONFIG, MEDIA_LICENSE, MEDIA_MESSAGES, MEDIA_MODEL, MEDIA_PARAMS, MEDIA_SYSTEM,
+    MEDIA_TEMPLATE, InvalidDigest, InvalidGGUF, Layer, Manifest, ModelName, Store, normalize_digest,
+    read_gguf_info,
+)
+
+Progress = Callable[[str], None]
+_ROLES = {"system", "user", "assistant", "tool"}
+
+
+class CreateError(ValueError):
+    """Bad input to create (HTTP 400)."""
+
+
+class SourceNotFound(LookupError):
+    """The `from` model is not in the store (HTTP 404)."""
+
+
+@dataclass
+class CreateRequest:
+    model: ModelName
+    from_: str | None
+    files: dict
+    adapters: dict
+    template: str | None
+    system: str | None
+    parameters: dict | None
+    messages: list | None
+    license: list[str] | None
+    quantize: str | None
+
+
+def parse_create_request(body: dict) -> CreateRequest:
+    from registry import InvalidName
+
+    try:
+        model = ModelName.parse(str(body.get("model") or body.get("name") or ""))
+    except InvalidName as exc:
+        raise CreateError(str(exc)) from None
+    license_ = body.get("license")
+    if isinstance(license_, str):
+        license_ = [license_]
+    for key, kind in (("files", dict), ("adapters", dict), ("parameters", dict), ("messages", list),
+                      ("template", str), ("system", str), ("from", str), ("quantize", str)):
+        if body.get(key) is not None and not isinstance(body[key], kind):
+            raise CreateError(f"invalid value for {key}: expected {kind.__name__}")
+    if license_ is not None and not all(isinstance(x, str) for x in license_):
+        raise CreateError("invalid value for license: expected a string or a list of strings")
+    req = CreateRequest(model, body.get("from"), body.get("files") or {}, body.get("adapters") or {},
+                        body.get("template"), body.get("system"), body.get("parameters"), body.get("messages"),
+                        license_, body.get("quantize"))
+    if not req.from_ and not req.files:
+        raise CreateError("neither 'from' nor 'files' was specified")
+    return req
+
+
+def _check_messages(messages: list) -> list[dict]:
+    out = []
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("content", ""), str) or m.get("role") not in _ROLES:
+            raise CreateError("invalid message: each needs a role (system, user, assistant, tool) and content")
+        out.append({"role": m["role"], "content": m.get("content", "")})
+    return out
+
+
+def _config_blob(info) -> dict:
+    return {
+        "model_format": "gguf",
+        "model_family": info.architecture,
+        "model_families": [info.architecture],
+        "model_type": info.details()["parameter_size"],
+        "file_type": info.file_type,
+        "architecture": {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine()),
+        "os": platform.system().lower(),
+        "rootfs": {"type": "layers", "diff_ids": []},
+    }
+
+
+def create_model(store: Store, req: CreateRequest, progress: Progress) -> None:
+    """Creates `req.model`; raises CreateError / SourceNotFound for bad input."""
+    progress("parsing model")
+    if req.quantize:
+        raise CreateError("quantization is not supported yet")
+    layers: dict[str, list[Layer]] = {}  # media type -> layers, in manifest order
+    base_params: dict = {}
+
+    if req.from_ and not req.files:
+        try:
+            source_name = ModelName.parse(req.from_)
+        except ValueError as exc:
+            raise CreateError(str(exc)) from None
+        source = store.find(source_name)
+        if source is None:
+            raise SourceNotFound(f"model '{req.from_}' not found")
+        for layer in source.manifest.layers:
+            layers.setdefault(layer.media_type, []).append(layer)
+            if layer.media_type == MEDIA_PARAMS:
+                base_params = json.loads(store.read_blob_bytes(layer.digest))
+        config = json.loads(store.read_blob_bytes(source.manifest.config.digest))
+        progress(f"using existing layers of {source.name.display}")
+    else:
+        if len(req.files) != 1:
+            raise CreateError("exactly one model file is supported in 'files'")
+        digest = _digest(next(iter(req.files.values())))
+        path = store.blob_path(digest)
+        if not path.exists():
+            raise CreateError(f"blob {digest} not found; upload it with POST /api/blobs/{digest} first")
+        try:
+            info = read_gguf_info(path)
+        except InvalidGGUF as exc:
+            raise CreateError(f"invalid model file: {exc}") from None
+        progress(f"using existing layer {digest}")
+        layers[MEDIA_MODEL] = [Layer(MEDIA_MODEL, digest, path.stat().st_size)]
+        config = _config_blob(info)
+        if req.template is None and info.chat_template:
+            # As Ollama: a GGUF whose Jinja template is a known one gets the matching Go template.
+            named = named_template_for(info.chat_template)
+            if named:
+                template_text, template_params = load_named_template(named)
+                layers[MEDIA_TEMPLATE] = [_text_layer(store, MEDIA_TEMPLATE, template_text, progress)]
+                base_params = dict(template_params)
+
+    for name, digest in req.adapters.items():
+        digest = _digest(digest)
+        if not store.has_blob(digest):
+            raise CreateError(f"adapter blob {digest} ({name}) not found")
+        layers.setdefault(MEDIA_ADAPTER, []).append(Layer(MEDIA_ADAPTER, digest, store.blob_path(digest).stat().st_size))
+    if req.template is not None:
+        try:
+            parse_template(req.template)
+        except TemplateError as exc:
+            raise CreateError(f"template error: {exc}") from None
+        layers[MEDIA_TEMPLATE] = [_text_layer(store, MEDIA_TEMPLATE, req.template, progress)]
+    if req.system is not None:
+        layers[MEDIA_SYSTEM] = [_text_layer(store, MEDIA_SYSTEM, req.system, progress)]
+    if req.license is not None:
+        layers[MEDIA_LICENSE] = [_text_layer(store, MEDIA_LICENSE, text, progress) for text in req.license]
+    if req.messages is not None:
+        messages = _check_messages(req.messages)
+        layers[MEDIA_MESSAGES] = [_json_layer(store, MEDIA_MESSAGES, messages, progress)]
+    if req.parameters is not None:
+        try:
+            params, unknown = validate_options(req.parameters)
+        except OptionError as exc:
+            raise CreateError(str(exc)) from None
+        if unknown:
+            raise CreateError(f"unknown parameter '{unknown[0]}'")
+        merged = {**base_params, **params}
+    else:
+        merged = base_params
+    if merged:
+        layers[MEDIA_PARAMS] = [_json_layer(store, MEDIA_PARAMS, merged, progress)]
+    elif MEDIA_PARAMS in layers:
+        del layers[MEDIA_PARAMS]
+
+    order = [MEDIA_MODEL, MEDIA_ADAPTER, MEDIA_TEMPLATE, MEDIA_SYSTEM, MEDIA_PARAMS, MEDIA_MESSAGES, MEDIA_LICENSE]
+    ordered = [layer for media in order for layer in layers.get(media, [])]
+    ordered += [layer for media, ls in layers.items() if media not in order for layer in ls]
+    config.setdefault("rootfs", {"type": "layers"})["diff_ids"] = [layer.digest for layer in ordered]
+    config_digest, config_size = store.add_json_blob(config)
+    progress("writing manifest")
+    store.write_manifest(req.model, Manifest(config=Layer(MEDIA_CONFIG, config_digest, config_size), layers=ordered))
+    progress("success")
+
+
+def _digest(value) -> str:
+    try:
+        return normalize_digest(str(value))
+    except InvalidDigest as exc:
+        raise CreateError(str(exc)) from None
+
+
+def _text_layer(store: Store, media: str, text: str, progress: Progress) -> Layer:
+    digest, size = store.add_blob_bytes(text.encode("utf-8"))
+    progress(f"creating new layer {digest}")
+    return Layer(media, digest, size)
+
+
+def _json_layer(store: Store, media: str, obj, progress: Progress) -> Layer:
+    digest, size = store.add_json_blob(obj)
+    progress(f"creating new layer {digest}")
+    return Layer(media, digest, size)

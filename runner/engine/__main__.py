@@ -1,0 +1,71 @@
+"""Entry point of a runner process: `python -m runner.engine --model PATH --socket PATH ...`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+
+from aiohttp import web
+
+from .model import ContextConfig, LoadedModel
+from .server import RunnerServer
+
+
+def _args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="runner.engine")
+    p.add_argument("--model", required=True)
+    p.add_argument("--socket", required=True)
+    p.add_argument("--ctx", type=int, default=2048, help="context length per sequence")
+    p.add_argument("--parallel", type=int, default=4)
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--gpu-layers", type=int, default=0)
+    p.add_argument("--main-gpu", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--flash-attn", default="auto")
+    p.add_argument("--kv-type", default="f16")
+    p.add_argument("--no-mmap", action="store_true")
+    p.add_argument("--mixed-prefill", action="store_true", help="mix prefill chunks into decode steps (GPU)")
+    return p.parse_args()
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    cfg = ContextConfig(
+        n_ctx_per_seq=args.ctx, n_seq=args.parallel, n_batch=args.batch, n_gpu_layers=args.gpu_layers,
+        main_gpu=args.main_gpu, n_threads=args.threads, flash_attn=args.flash_attn, kv_type=args.kv_type,
+        use_mmap=not args.no_mmap, kv_unified=args.mixed_prefill,
+    )
+    model = await asyncio.to_thread(LoadedModel, args.model, cfg)
+    info = {"n_ctx": args.ctx, "gpu_layers": args.gpu_layers, "pid": os.getpid()}
+    server = RunnerServer(model, args.parallel, mixed_prefill=args.mixed_prefill, info=info)
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.add_routes(server.routes())
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.UnixSite(runner, args.socket)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    parent = os.getppid()
+    while not stop.is_set():
+        # A runner outliving its daemon would hold memory forever: leave when the parent is gone.
+        if os.getppid() != parent:
+            break
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
+        except asyncio.TimeoutError:
+            pass
+    await runner.cleanup()
+    server.engine.stop()
+    model.close()
+
+
+def main() -> None:
+    asyncio.run(_serve(_args()))
+
+
+if __name__ == "__main__":
+    main()

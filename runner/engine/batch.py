@@ -1,0 +1,328 @@
+"""Continuous batching over llama.cpp: N slots, one `llama_decode` per step, its own thread.
+
+Each step carries one token for every generating sequence, and prompt chunks of newcomers. New
+requests join between steps and finished ones leave at once. Results of a step reach the server in
+one call (`on_events`), so the HTTP side wakes once per step, not once per token.
+
+Determinism (CPU): llama.cpp picks kernels by batch size, so a prompt prefilled together with other
+sequences' tokens can change results. With `mixed_prefill=False` every prefill chunk runs in a step of
+its own, one sequence at a time, while decode steps batch single tokens across sequences (which
+measured bit-identical to decoding alone). On a GPU, where throughput needs mixed steps, we mix.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import llama_cpp as ll
+
+from .batch_buffer import BatchBuffer
+from .model import LoadedModel
+from .sampling import SamplerChain, SamplingOptions
+from .text import TextStream
+
+
+@dataclass
+class Event:
+    """What one step produced for one request."""
+
+    request: "Request"
+    text: str = ""
+    done: bool = False
+    done_reason: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Request:
+    prompt: list[int]
+    options: SamplingOptions
+    id: int = field(default_factory=itertools.count().__next__)
+    cancelled: bool = False
+    # Filled in by the engine:
+    prompt_eval_count: int = 0
+    eval_count: int = 0
+    t_submit: float = field(default_factory=time.perf_counter)
+    t_first_token: float = 0.0
+    t_done: float = 0.0
+    context: list[int] = field(default_factory=list)  # prompt + generated tokens, for /api/generate's `context`
+
+    @property
+    def prompt_eval_duration(self) -> float:
+        return max(self.t_first_token - self.t_submit, 0.0)
+
+    @property
+    def eval_duration(self) -> float:
+        return max(self.t_done - self.t_first_token, 0.0)
+
+
+class _Slot:
+    def __init__(self, seq_id: int):
+        self.seq_id = seq_id
+        self.cached: list[int] = []  # tokens whose KV is in this slot's sequence, in order
+        self.prefilled = 0  # how many of `cached` (from the start) were computed by prefill chunks
+        self.req: Request | None = None
+        self.pending: list[int] = []  # prompt tokens still to prefill
+        self.last_token: int = -1
+        self.chain: SamplerChain | None = None
+        self.stream: TextStream | None = None
+        self.generated = 0
+
+    @property
+    def busy(self) -> bool:
+        return self.req is not None
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Engine:
+    def __init__(
+        self,
+        model: LoadedModel,
+        n_slots: int,
+        on_events: Callable[[list[Event]], None],
+        *,
+        mixed_prefill: bool = False,
+    ):
+        self.model = model
+        self.n_ctx = model.cfg.n_ctx_per_seq
+        self.slots = [_Slot(i) for i in range(n_slots)]
+        self.on_events = on_events
+        self.mixed_prefill = mixed_prefill
+        self.buffer = BatchBuffer(max(model.n_batch, n_slots))
+        self._waiting: deque[Request] = deque()
+        self._lock = threading.Condition()
+        self._stop = False
+        self._last_step_was_prefill = False
+        self.can_shift = ll.llama_memory_can_shift(model.memory)
+        self.thread = threading.Thread(target=self._run, name="engine", daemon=True)
+        self.fatal_error: str | None = None
+
+    # -- called from other threads ---------------------------------------------------------------
+    def start(self) -> None:
+        self.thread.start()
+
+    def submit(self, req: Request) -> None:
+        with self._lock:
+            self._waiting.append(req)
+            self._lock.notify()
+
+    def cancel(self, req: Request) -> None:
+        req.cancelled = True  # seen by the engine at its next step
+        with self._lock:
+            self._lock.notify()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop = True
+            self._lock.notify()
+        self.thread.join(timeout=10)
+
+    @property
+    def active(self) -> int:
+        return sum(s.busy for s in self.slots) + len(self._waiting)
+
+    # -- the engine thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    while not self._stop and not self._waiting and not any(s.busy for s in self.slots):
+                        self._lock.wait()
+                    if self._stop:
+                        break
+                events: list[Event] = []
+                self._admit(events)
+                self._drop_cancelled(events)
+                if any(s.busy for s in self.slots):
+                    self._step(events)
+                if events:
+                    self.on_events(events)
+        except Exception as exc:  # a broken engine must not leave clients waiting forever
+            self.fatal_error = f"engine failure: {exc}"
+            self._fail_all(self.fatal_error)
+            raise
+
+    def _fail_all(self, message: str) -> None:
+        events = [Event(s.req, done=True, error=message) for s in self.slots if s.req]
+        with self._lock:
+            events += [Event(r, done=True, error=message) for r in self._waiting]
+            self._waiting.clear()
+        if events:
+            self.on_events(events)
+
+    def _admit(self, events: list[Event]) -> None:
+        while True:
+            free = [s for s in self.slots if not s.busy]
+            with self._lock:
+                if not free or not self._waiting:
+                    return
+                req = self._waiting.popleft()
+            if req.cancelled:
+                events.append(Event(req, done=True, done_reason="cancelled"))
+                continue
+            slot = max(free, key=lambda s: _common_prefix(s.cached, req.prompt))
+            try:
+                self._assign(slot, req)
+            except ValueError as exc:
+                events.append(Event(req, done=True, error=str(exc)))
+
+    def _fit_prompt(self, prompt: list[int], num_keep: int) -> list[int]:
+        """Ollama's overflow rule: keep the first num_keep tokens, drop from the front after them."""
+        limit = self.n_ctx - 1  # leave room for at least one generated token
+        if len(prompt) <= limit:
+            return prompt
+        keep = min(max(num_keep, 0), limit // 2)
+        return prompt[:keep] + prompt[len(prompt) - (limit - keep):]
+
+    def _assign(self, slot: _Slot, req: Request) -> None:
+        if not req.prompt:
+            raise ValueError("empty prompt")
+        prompt = self._fit_prompt(req.prompt, req.options.num_keep)
+        reuse = self._reusable_prefix(slot, prompt)
+        ll.llama_memory_seq_rm(self.model.memory, slot.seq_id, reuse, -1)
+        del slot.cached[reuse:]
+        slot.prefilled = min(slot.prefilled, reuse)
+        slot.chain = SamplerChain(req.options, self.model.vocab, self.model.n_vocab)
+        slot.req = req
+        slot.pending = prompt[reuse:]
+        slot.stream = TextStream(req.options.stop)
+        slot.generated = 0
+        req.prompt_eval_count = len(slot.pending)
+        req.context = list(prompt)
+
+    def _reusable_prefix(self, slot: _Slot, prompt: list[int]) -> int:
+        """How many leading prompt tokens can keep the KV already in the slot (the prefix cache).
+
+        At least one token is always evaluated again, for its logits. When steps must be batch-invariant,
+        only whole prefill chunks are reused: the chunks computed after them then see exactly the batches
+        (and so the numerics) that a run from scratch would, and the output stays bit-identical.
+        """
+        reuse = min(_common_prefix(slot.cached, prompt), len(prompt) - 1)
+        if not self.mixed_prefill:
+            chunk = self.buffer.capacity
+            reuse = min(reuse, slot.prefilled) // chunk * chunk
+        return reuse
+
+    def _release(self, slot: _Slot) -> None:
+        if slot.chain:
+            slot.chain.free()
+        slot.chain = slot.req = slot.stream = None
+        slot.pending = []
+
+    def _drop_cancelled(self, events: list[Event]) -> None:
+        for slot in self.slots:
+            if slot.req is not None and slot.req.cancelled:
+                events.append(Event(slot.req, done=True, done_reason="cancelled"))
+                self._release(slot)
+
+    def _plan(self) -> list[tuple[_Slot, int, bool]]:
+        """Chooses this step's work: (slot, number of tokens, is_prefill) triples."""
+        decoding = [s for s in self.slots if s.busy and not s.pending]
+        prefilling = sorted((s for s in self.slots if s.busy and s.pending), key=lambda s: s.req.id)
+        if not self.mixed_prefill:
+            # Alternate between one sequence's prefill chunk and a decode step for everyone else.
+            if prefilling and (not decoding or not self._last_step_was_prefill):
+                self._last_step_was_prefill = True
+                s = prefilling[0]
+                return [(s, min(len(s.pending), self.buffer.capacity), True)]
+            self._last_step_was_prefill = False
+            return [(s, 1, False) for s in decoding]
+        plan = [(s, 1, False) for s in decoding]
+        budget = self.buffer.capacity - len(plan)
+        for s in prefilling:
+            if budget <= 0:
+                break
+            n = min(len(s.pending), budget)
+            plan.append((s, n, True))
+            budget -= n
+        return plan
+
+    def _step(self, events: list[Event]) -> None:
+        plan = self._plan()
+        if not plan:
+            return
+        for slot, _, is_prefill in plan:
+            if not is_prefill and self.can_shift and len(slot.cached) + 1 >= self.n_ctx:
+                self._shift_context(slot)
+        buf = self.buffer
+        buf.clear()
+        outputs: list[tuple[_Slot, int]] = []
+        for slot, n, is_prefill in plan:
+            start = len(slot.cached)
+            if is_prefill:
+                chunk = slot.pending[:n]
+                last = n == len(slot.pending)
+                idx = buf.add(chunk, start, slot.seq_id, last)
+                slot.pending = slot.pending[n:]
+                slot.cached.extend(chunk)
+                slot.prefilled = len(slot.cached)
+                if last:
+                    outputs.append((slot, idx))
+            else:
+                idx = buf.add((slot.last_token,), start, slot.seq_id, True)
+                slot.cached.append(slot.last_token)
+                outputs.append((slot, idx))
+        rc = ll.llama_decode(self.model.ctx, buf.as_llama_batch())
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc}")
+        now = time.perf_counter()
+        for slot, idx in outputs:
+            self._take_token(slot, idx, now, events)
+
+    def _take_token(self, slot: _Slot, idx: int, now: float, events: list[Event]) -> None:
+        req = slot.req
+        token = slot.chain.sample(self.model.ctx, idx)
+        if slot.generated == 0:
+            req.t_first_token = now
+        if self.model.is_eog(token):
+            self._finish(slot, "stop", events, now)
+            return
+        slot.generated += 1
+        req.eval_count = slot.generated
+        req.context.append(token)
+        slot.last_token = token
+        text = slot.stream.push(self.model.piece(token))
+        if slot.stream.stopped:
+            events.append(Event(req, text=text))
+            self._finish(slot, "stop", events, now)
+            return
+        limit = req.options.num_predict
+        if limit >= 0 and slot.generated >= limit:
+            events.append(Event(req, text=text))
+            self._finish(slot, "length", events, now)
+            return
+        if not self.can_shift and len(slot.cached) + 1 >= self.n_ctx:
+            events.append(Event(req, text=text))
+            self._finish(slot, "length", events, now)
+            return
+        if text:
+            events.append(Event(req, text=text))
+
+    def _finish(self, slot: _Slot, reason: str, events: list[Event], now: float) -> None:
+        req = slot.req
+        req.t_done = now
+        tail = slot.stream.flush()
+        events.append(Event(req, text=tail, done=True, done_reason=reason))
+        self._release(slot)
+
+    def _shift_context(self, slot: _Slot) -> None:
+        """Ollama's context shift: drop half of what follows num_keep, slide the rest down."""
+        keep = min(max(slot.req.options.num_keep, 0), len(slot.cached) // 2)
+        discard = (len(slot.cached) - keep) // 2
+        mem, seq = self.model.memory, slot.seq_id
+        ll.llama_memory_seq_rm(mem, seq, keep, keep + discard)
+        ll.llama_memory_seq_add(mem, seq, keep + discard, -1, -discard)
+        del slot.cached[keep : keep + discard]
+        slot.prefilled = min(slot.prefilled, keep)

@@ -1,0 +1,133 @@
+"""A loaded llama.cpp model and its context, through llama-cpp-python's low-level bindings."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+
+import llama_cpp as ll
+
+_backend_ready = False
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    if not _backend_ready:
+        ll.llama_backend_init()
+        if not os.environ.get("LM_DEBUG"):
+            _silence_llama_logs()
+        _backend_ready = True
+
+
+_log_callback = None  # kept referenced: llama.cpp holds the pointer for the process's lifetime
+
+
+def _silence_llama_logs() -> None:
+    global _log_callback
+
+    @ll.llama_log_callback
+    def _quiet(level, text, user_data):  # noqa: ARG001 - signature fixed by llama.cpp
+        if level == 2:  # GGML_LOG_LEVEL_ERROR: keep errors on stderr
+            os.write(2, text)
+
+    _log_callback = _quiet
+    ll.llama_log_set(_log_callback, ctypes.c_void_p(0))
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+@dataclass
+class ContextConfig:
+    n_ctx_per_seq: int = 2048
+    n_seq: int = 4
+    n_batch: int = 512
+    n_gpu_layers: int = 0
+    main_gpu: int = 0
+    n_threads: int = 0  # 0: all cores
+    flash_attn: str = "auto"  # "auto", "on", "off"
+    kv_type: str = "f16"
+    use_mmap: bool = True
+    # One cell pool shared by all slots (long and short requests mix well: the GPU choice), or a
+    # stream of n_ctx_per_seq cells per slot, which lays each sequence's KV out exactly as if it ran
+    # alone: softmax sums then see the same layout, so outputs do not depend on other requests.
+    kv_unified: bool = False
+
+
+_KV_TYPES = {"f16": 1, "f32": 0, "q8_0": 8, "q4_0": 2}  # ggml_type values
+_FLASH = {"auto": -1, "off": 0, "on": 1}
+
+
+class LoadedModel:
+    """Owns the llama_model, the llama_context and token <-> text helpers."""
+
+    def __init__(self, path: str, cfg: ContextConfig):
+        _init_backend()
+        self.cfg = cfg
+        mparams = ll.llama_model_default_params()
+        mparams.n_gpu_layers = cfg.n_gpu_layers
+        mparams.main_gpu = cfg.main_gpu
+        mparams.use_mmap = cfg.use_mmap
+        self.model = ll.llama_model_load_from_file(path.encode(), mparams)
+        if not self.model:
+            raise ModelLoadError(f"llama.cpp could not load the model file {path}")
+        self.vocab = ll.llama_model_get_vocab(self.model)
+        self.n_vocab = ll.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train = ll.llama_model_n_ctx_train(self.model)
+
+        cparams = ll.llama_context_default_params()
+        cparams.n_ctx = cfg.n_ctx_per_seq * cfg.n_seq
+        cparams.n_batch = cfg.n_batch
+        cparams.n_ubatch = cfg.n_batch
+        cparams.n_seq_max = cfg.n_seq
+        threads = cfg.n_threads or os.cpu_count() or 1
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.kv_unified = cfg.kv_unified
+        cparams.flash_attn_type = _FLASH.get(cfg.flash_attn, -1)
+        cparams.type_k = cparams.type_v = _KV_TYPES.get(cfg.kv_type, 1)
+        cparams.no_perf = True
+        self.ctx = ll.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            ll.llama_model_free(self.model)
+            raise ModelLoadError("llama.cpp could not create a context (out of memory?)")
+        self.memory = ll.llama_get_memory(self.ctx)
+        self.n_batch = ll.llama_n_batch(self.ctx)
+        self.add_bos = ll.llama_vocab_get_add_bos(self.vocab)
+        self._piece_buf = ctypes.create_string_buffer(256)
+
+    # -- tokens ---------------------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (ll.llama_token * cap)()
+        n = ll.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:  # buffer too small: llama.cpp says how much it needs
+            cap = -n
+            buf = (ll.llama_token * cap)()
+            n = ll.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        return list(buf[:n])
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        n = ll.llama_token_to_piece(self.vocab, token, self._piece_buf, len(self._piece_buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+            return buf.raw[:n]
+        return self._piece_buf.raw[:n]
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return ll.llama_vocab_is_eog(self.vocab, token)
+
+    def close(self) -> None:
+        if self.ctx:
+            ll.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            ll.llama_model_free(self.model)
+            self.model = None

@@ -1,0 +1,83 @@
+"""Per-sequence sampling options and the llama.cpp sampler chain built from them.
+
+Sampling runs in C (llama.cpp sampler chains): Python never loops over the vocabulary.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import random
+from dataclasses import dataclass, field
+
+import llama_cpp as ll
+
+
+@dataclass
+class SamplingOptions:
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_last_n: int = 64
+    repeat_penalty: float = 1.1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int = -1
+    grammar: str | None = None
+    num_predict: int = -1
+    num_keep: int = 4
+    stop: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_options(cls, options: dict) -> "SamplingOptions":
+        known = {k: v for k, v in options.items() if k in cls.__dataclass_fields__ and v is not None}
+        if "stop" in known and isinstance(known["stop"], str):
+            known["stop"] = [known["stop"]]
+        return cls(**known)
+
+    def effective_seed(self) -> int:
+        # A negative seed means "random", as in Ollama; llama.cpp's default seed would repeat itself.
+        return self.seed if self.seed >= 0 else random.getrandbits(32)
+
+
+class SamplerChain:
+    """Owns one llama.cpp sampler chain; free() must be called when the sequence ends."""
+
+    def __init__(self, opts: SamplingOptions, vocab, n_vocab: int):
+        params = ll.llama_sampler_chain_default_params()
+        params.no_perf = True
+        self.ptr = ll.llama_sampler_chain_init(params)
+        add = lambda s: ll.llama_sampler_chain_add(self.ptr, s)  # noqa: E731 - local shorthand
+
+        if opts.grammar:
+            grammar = ll.llama_sampler_init_grammar(vocab, opts.grammar.encode(), b"root")
+            if not grammar:
+                ll.llama_sampler_free(self.ptr)
+                raise ValueError("invalid grammar")
+            add(grammar)
+        if opts.repeat_penalty != 1.0 or opts.presence_penalty or opts.frequency_penalty:
+            last_n = n_vocab if opts.repeat_last_n < 0 else opts.repeat_last_n
+            add(ll.llama_sampler_init_penalties(n_vocab, last_n, opts.repeat_penalty, opts.frequency_penalty, opts.presence_penalty))
+        if opts.temperature <= 0:
+            add(ll.llama_sampler_init_greedy())
+            return
+        if opts.top_k > 0:
+            add(ll.llama_sampler_init_top_k(opts.top_k))
+        if 0 < opts.typical_p < 1:
+            add(ll.llama_sampler_init_typical(opts.typical_p, 1))
+        if 0 < opts.top_p < 1:
+            add(ll.llama_sampler_init_top_p(opts.top_p, 1))
+        if opts.min_p > 0:
+            add(ll.llama_sampler_init_min_p(opts.min_p, 1))
+        add(ll.llama_sampler_init_temp(opts.temperature))
+        add(ll.llama_sampler_init_dist(ctypes.c_uint32(opts.effective_seed()).value))
+
+    def sample(self, ctx, index: int) -> int:
+        """Samples the `index`-th output of the last decode and accepts it into the chain's state."""
+        return ll.llama_sampler_sample(self.ptr, ctx, index)
+
+    def free(self) -> None:
+        if self.ptr:
+            ll.llama_sampler_free(self.ptr)
+            self.ptr = None

@@ -1,0 +1,130 @@
+"""The daemon's handle on one runner process: start it, stream completions from it, stop it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import tempfile
+from collections import deque
+from pathlib import Path
+from typing import AsyncIterator
+
+import aiohttp
+
+CRASH_MESSAGE = "model runner has unexpectedly stopped, this may be due to resource limitations or an internal error"
+
+
+class RunnerError(RuntimeError):
+    """The runner failed: it did not start, or it died while serving."""
+
+
+class RunnerProcess:
+    def __init__(self, model_path: Path, args: list[str], *, debug: bool = False):
+        self.model_path = model_path
+        self.args = args
+        self.debug = debug
+        self._dir = tempfile.mkdtemp(prefix="lm-runner-")
+        self.socket_path = os.path.join(self._dir, "runner.sock")
+        self.proc: asyncio.subprocess.Process | None = None
+        self._stderr_tail: deque[str] = deque(maxlen=30)
+        self._session: aiohttp.ClientSession | None = None
+        self._stderr_task: asyncio.Task | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def _error_detail(self) -> str:
+        lines = [line for line in self._stderr_tail if line.strip()]
+        return lines[-1].strip() if lines else ""
+
+    async def start(self, timeout: float) -> dict:
+        cmd = [sys.executable, "-m", "runner.engine", "--model", str(self.model_path), "--socket", self.socket_path,
+               *self.args]
+        self.proc = await asyncio.create_subprocess_exec(
+            *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        )
+        self._stderr_task = asyncio.create_task(self._read_stderr())
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=self.socket_path), timeout=aiohttp.ClientTimeout(total=None)
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            if not self.alive:
+                await asyncio.sleep(0.05)  # let the stderr reader catch the last lines
+                detail = self._error_detail()
+                await self.stop()
+                raise RunnerError(f"llama runner process has terminated: {detail or 'exit code ' + str(self.proc.returncode)}")
+            if os.path.exists(self.socket_path):
+                try:
+                    async with self._session.get("http://runner/health") as resp:
+                        info = await resp.json()
+                        if info.get("status") == "ok":
+                            return info
+                except aiohttp.ClientError:
+                    pass
+            await asyncio.sleep(0.02)
+        await self.stop()
+        raise RunnerError(f"timed out waiting for the model to load after {timeout:.0f}s")
+
+    async def _read_stderr(self) -> None:
+        assert self.proc and self.proc.stderr
+        async for raw in self.proc.stderr:
+            line = raw.decode(errors="replace")
+            self._stderr_tail.append(line)
+            if self.debug:
+                sys.stderr.write(f"[runner {self.proc.pid}] {line}")
+
+    async def completion(self, payload: dict) -> AsyncIterator[dict]:
+        """Streams the runner's NDJSON objects; raises RunnerError if the runner dies meanwhile."""
+        if not self.alive or self._session is None:
+            raise RunnerError(CRASH_MESSAGE)
+        try:
+            async with self._session.post("http://runner/completion", json=payload) as resp:
+                if resp.status != 200:
+                    body = await resp.json(content_type=None)
+                    raise RunnerError(body.get("error") or f"runner answered {resp.status}")
+                got_final = False
+                async for line in resp.content:
+                    if line.strip():
+                        obj = json.loads(line)
+                        got_final = got_final or obj.get("done") or "error" in obj
+                        yield obj
+                if not got_final:
+                    raise RunnerError(CRASH_MESSAGE)
+        except (aiohttp.ClientError, json.JSONDecodeError, ConnectionError) as exc:
+            raise RunnerError(CRASH_MESSAGE) from exc
+
+    async def tokenize(self, text: str) -> list[int]:
+        try:
+            async with self._session.post("http://runner/tokenize", json={"content": text}) as resp:
+                return (await resp.json())["tokens"]
+        except (aiohttp.ClientError, KeyError, TypeError) as exc:
+            raise RunnerError(CRASH_MESSAGE) from exc
+
+    async def stop(self) -> None:
+        if self.proc and self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout=5)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._stderr_task:
+            self._stderr_task.cancel()
+        if self._session:
+            await self._session.close()
+            self._session = None
+        for path in (self.socket_path, self._dir):
+            try:
+                os.rmdir(path) if path == self._dir else os.unlink(path)
+            except OSError:
+                pass

@@ -1,0 +1,184 @@
+"""Which models are loaded: load on first use, keep for keep_alive, evict, queue, reload when needed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from .config import Settings
+from .memory import Placement, place
+from .model_config import ModelConfig
+from .runner_process import RunnerError, RunnerProcess
+
+log = logging.getLogger("lm.scheduler")
+FOREVER = float("inf")
+
+
+class ServerBusy(Exception):
+    """More requests are waiting than LM_MAX_QUEUE allows (HTTP 503)."""
+
+
+@dataclass
+class LoadedModel:
+    config: ModelConfig
+    num_ctx: int
+    num_gpu: int | None
+    placement: Placement
+    proc: RunnerProcess
+    keep_alive: float
+    active: int = 0
+    expires_at: float = FOREVER  # wall-clock time, for /api/ps
+    _expiry: asyncio.TimerHandle | None = None
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def key(self) -> str:
+        return self.config.key
+
+
+class Scheduler:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.loaded: dict[str, LoadedModel] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._inflight: dict[str, int] = {}
+
+    def _num_ctx(self, config: ModelConfig, options: dict) -> int:
+        value = options.get("num_ctx") or config.parameters.get("num_ctx") or self.settings.context_length
+        return max(int(value), 16)
+
+    def _num_gpu(self, config: ModelConfig, options: dict) -> int | None:
+        value = options.get("num_gpu", config.parameters.get("num_gpu"))
+        return None if value is None else int(value)
+
+    async def acquire(self, config: ModelConfig, options: dict, keep_alive: float | None) -> LoadedModel:
+        """A loaded runner for `config`, with this request counted as active on it."""
+        key = config.key
+        loaded = self.loaded.get(key)
+        slots = loaded.placement.parallel if loaded else (self.settings.num_parallel or 4)
+        if self._inflight.get(key, 0) >= slots + self.settings.max_queue:
+            raise ServerBusy("server busy, please try again.  maximum pending requests exceeded")
+        self._inflight[key] = self._inflight.get(key, 0) + 1
+        try:
+            async with self._locks.setdefault(key, asyncio.Lock()):
+                lm = await self._ensure_loaded(config, options, keep_alive)
+                lm.active += 1
+                lm.idle.clear()
+                self._cancel_expiry(lm)
+                return lm
+        except BaseException:
+            self._inflight[key] -= 1
+            raise
+
+    async def _ensure_loaded(self, config: ModelConfig, options: dict, keep_alive: float | None) -> LoadedModel:
+        num_ctx, num_gpu = self._num_ctx(config, options), self._num_gpu(config, options)
+        lm = self.loaded.get(config.key)
+        if lm is not None:
+            stale = (lm.num_ctx != num_ctx or lm.config.digest != config.digest
+                     or (num_gpu is not None and num_gpu != lm.num_gpu))
+            if not lm.proc.alive:
+                log.warning("runner for %s died; reloading", config.display)
+                await self._unload(lm)
+            elif stale:
+                await lm.idle.wait() if lm.active else None  # let running requests finish first
+                await self._unload(lm)
+            else:
+                if keep_alive is not None:
+                    lm.keep_alive = keep_alive
+                return lm
+        await self._make_room()
+        return await self._load(config, num_ctx, num_gpu, keep_alive)
+
+    async def _make_room(self) -> None:
+        limit = self.settings.max_loaded_models or 3
+        while len(self.loaded) >= limit:
+            idle = [m for m in self.loaded.values() if m.active == 0]
+            if not idle:
+                # Every loaded model is busy: wait for one to become idle, then evict it.
+                waiters = [asyncio.create_task(m.idle.wait()) for m in self.loaded.values()]
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                for w in waiters:
+                    w.cancel()
+                continue
+            victim = min(idle, key=lambda m: m.expires_at)
+            await self._unload(victim)
+
+    async def _load(self, config: ModelConfig, num_ctx: int, num_gpu: int | None, keep_alive) -> LoadedModel:
+        info = config.gguf
+        placement = place(
+            weights_bytes=info.tensor_bytes, n_layers=info.block_count or 1, n_embd=info.embedding_length or 0,
+            n_head=info.head_count or 1, n_head_kv=info.head_count_kv or info.head_count or 1, num_ctx=num_ctx,
+            kv_type=self.settings.kv_cache_type, num_gpu=num_gpu, parallel=self.settings.num_parallel or None,
+        )
+        args = ["--ctx", str(num_ctx), "--parallel", str(placement.parallel),
+                "--gpu-layers", str(placement.gpu_layers), "--kv-type", self.settings.kv_cache_type,
+                "--flash-attn", "on" if self.settings.flash_attention else "auto"]
+        if placement.gpu_layers > 0:
+            args.append("--mixed-prefill")  # GPU: throughput over bit-exact batch invariance
+        proc = RunnerProcess(config.model_path, args, debug=self.settings.debug)
+        log.info("loading %s (ctx %d, %d slots, %d GPU layers)", config.display, num_ctx, placement.parallel,
+                 placement.gpu_layers)
+        await proc.start(self.settings.load_timeout)
+        lm = LoadedModel(config, num_ctx, num_gpu, placement, proc,
+                         keep_alive if keep_alive is not None else self.settings.keep_alive)
+        lm.idle.set()
+        self.loaded[config.key] = lm
+        return lm
+
+    def release(self, lm: LoadedModel) -> None:
+        lm.active -= 1
+        self._inflight[lm.key] = max(self._inflight.get(lm.key, 1) - 1, 0)
+        if lm.active > 0:
+            return
+        lm.idle.set()
+        self._schedule_expiry(lm)
+
+    def _schedule_expiry(self, lm: LoadedModel) -> None:
+        self._cancel_expiry(lm)
+        if lm.keep_alive < 0:
+            lm.expires_at = FOREVER
+            return
+        lm.expires_at = time.time() + lm.keep_alive
+        loop = asyncio.get_running_loop()
+        lm._expiry = loop.call_later(lm.keep_alive, lambda: asyncio.ensure_future(self._expire(lm)))
+
+    def _cancel_expiry(self, lm: LoadedModel) -> None:
+        if lm._expiry:
+            lm._expiry.cancel()
+            lm._expiry = None
+        lm.expires_at = FOREVER
+
+    async def _expire(self, lm: LoadedModel) -> None:
+        async with self._locks.setdefault(lm.key, asyncio.Lock()):
+            if lm.active == 0 and self.loaded.get(lm.key) is lm:
+                await self._unload(lm)
+
+    async def _unload(self, lm: LoadedModel) -> None:
+        self._cancel_expiry(lm)
+        if self.loaded.get(lm.key) is lm:
+            del self.loaded[lm.key]
+        await lm.proc.stop()
+        log.info("unloaded %s", lm.config.display)
+
+    async def unload(self, key: str) -> bool:
+        lm = self.loaded.get(key)
+        if lm is None:
+            return False
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            if self.loaded.get(key) is lm:
+                await self._unload(lm)
+        return True
+
+    async def reap_if_dead(self, lm: LoadedModel) -> None:
+        """After a runner error: forget a dead runner so the next request loads the model again."""
+        if not lm.proc.alive and self.loaded.get(lm.key) is lm:
+            del self.loaded[lm.key]
+            await lm.proc.stop()
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(*(self._unload(lm) for lm in list(self.loaded.values())), return_exceptions=True)
+
+
+__all__ = ["Scheduler", "ServerBusy", "LoadedModel", "RunnerError"]

@@ -1,0 +1,236 @@
+"""Inference routes: /api/generate, /api/chat, /api/ps."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime, timezone
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from modelfiles import OptionError, validate_options
+
+from ..config import parse_duration
+from ..memory import processor_label
+from ..model_config import ModelConfig, ModelNotFound, load_model_config
+from ..prompt import PromptError, chat_prompt, generate_prompt
+from ..runner_process import RunnerError
+from ..scheduler import LoadedModel, Scheduler, ServerBusy
+from .grammar import grammar_for_format
+from .http import ApiError, NDJSONStream, bad_request, dumps, field, not_found, read_json
+from .models_api import model_details, parse_name
+
+log = logging.getLogger("lm.generate")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _keep_alive(body: dict) -> float | None:
+    if body.get("keep_alive") is None:
+        return None
+    try:
+        return parse_duration(body["keep_alive"])
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
+
+
+def _options(cfg: ModelConfig, body: dict) -> dict:
+    raw = field(body, "options", dict, {})
+    try:
+        opts, unknown = validate_options(raw)
+    except OptionError as exc:
+        raise bad_request(str(exc)) from None
+    for name in unknown:
+        log.warning("invalid option provided: %s", name)
+    return {**cfg.parameters, **opts}
+
+
+async def _resolve(request: web.Request, body: dict) -> ModelConfig:
+    name = parse_name(body.get("model") or body.get("name"))
+    try:
+        return await asyncio.to_thread(load_model_config, request.app["store"], name)
+    except ModelNotFound as exc:
+        raise not_found(str(exc)) from None
+
+
+class Inference:
+    """One request's run on a runner: acquire, stream, release; errors mapped to Ollama's answers."""
+
+    def __init__(self, request: web.Request, cfg: ModelConfig, options: dict, keep_alive: float | None):
+        self.request, self.cfg, self.options, self.keep_alive = request, cfg, options, keep_alive
+        self.scheduler: Scheduler = request.app["scheduler"]
+        self.t0 = time.perf_counter()
+        self.load_duration = 0.0
+        self.lm: LoadedModel | None = None
+
+    async def __aenter__(self) -> "Inference":
+        before = self.scheduler.loaded.get(self.cfg.key)
+        try:
+            self.lm = await self.scheduler.acquire(self.cfg, self.options, self.keep_alive)
+        except ServerBusy as exc:
+            raise ApiError(503, str(exc)) from None
+        except RunnerError as exc:
+            raise ApiError(500, str(exc)) from None
+        if self.lm is not before:
+            self.load_duration = time.perf_counter() - self.t0
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self.lm is not None:
+            self.scheduler.release(self.lm)
+            await self.scheduler.reap_if_dead(self.lm)
+            if self.lm.keep_alive == 0 and self.lm.active == 0:
+                await self.scheduler.unload(self.lm.key)
+
+    async def stream(self, prompt: str, context: list[int] | None = None) -> AsyncIterator[dict]:
+        payload = {"prompt": prompt, "options": self.options}
+        if context:
+            payload["context"] = context
+        async for obj in self.lm.proc.completion(payload):
+            if "error" in obj:
+                raise RunnerError(obj["error"])
+            yield obj
+
+    def stats(self, final: dict) -> dict:
+        return {
+            "total_duration": int((time.perf_counter() - self.t0) * 1e9),
+            "load_duration": int(self.load_duration * 1e9),
+            "prompt_eval_count": final.get("prompt_eval_count", 0),
+            "prompt_eval_duration": final.get("prompt_eval_duration", 0),
+            "eval_count": final.get("eval_count", 0),
+            "eval_duration": final.get("eval_duration", 0),
+        }
+
+
+async def _load_only(request: web.Request, cfg: ModelConfig, body: dict, chat: bool) -> web.Response:
+    """Empty prompt: load the model (or unload it with keep_alive 0), as Ollama does."""
+    keep_alive = _keep_alive(body)
+    base = {"model": body.get("model"), "created_at": now_iso()}
+    if keep_alive == 0:
+        await request.app["scheduler"].unload(cfg.key)
+        reason = "unload"
+    else:
+        async with Inference(request, cfg, _options(cfg, body), keep_alive):
+            pass
+        reason = "load"
+    payload = {"message": {"role": "assistant", "content": ""}} if chat else {"response": ""}
+    return web.json_response({**base, **payload, "done": True, "done_reason": reason})
+
+
+async def _run(request: web.Request, body: dict, cfg: ModelConfig, prompt: str, *, chat: bool,
+               context: list[int] | None = None) -> web.StreamResponse:
+    stream = field(body, "stream", bool, True)
+    options = _options(cfg, body)
+    grammar = grammar_for_format(body.get("format"))
+    if grammar:
+        options["grammar"] = grammar
+    model = body.get("model")
+
+    def chunk(text: str) -> dict:
+        if chat:
+            return {"model": model, "created_at": now_iso(), "message": {"role": "assistant", "content": text},
+                    "done": False}
+        return {"model": model, "created_at": now_iso(), "response": text, "done": False}
+
+    out = NDJSONStream(request) if stream else None
+    pieces: list[str] = []
+    async with Inference(request, cfg, options, _keep_alive(body)) as inf:
+        try:
+            final = None
+            async for obj in inf.stream(prompt, context):
+                if obj.get("done"):
+                    final = obj
+                elif out:
+                    await out.send(chunk(obj["content"]))
+                else:
+                    pieces.append(obj["content"])
+        except RunnerError as exc:
+            if out and out.started:
+                await out.send({"error": str(exc)})
+                return await out.finish()
+            raise ApiError(500, str(exc)) from None
+    last = chunk("".join(pieces))
+    last.update(done=True, done_reason=final.get("done_reason") or "stop", **inf.stats(final))
+    if not chat:
+        last["context"] = final.get("context", [])
+    if out:
+        if chat:
+            last["message"]["content"] = ""
+        else:
+            last["response"] = ""
+        await out.send(last)
+        return await out.finish()
+    return web.Response(body=dumps(last), content_type="application/json")
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request)
+    cfg = await _resolve(request, body)
+    if "completion" not in cfg.capabilities:
+        raise bad_request(f"\"{cfg.display}\" does not support generate")
+    prompt = field(body, "prompt", str, "")
+    suffix = field(body, "suffix", str)
+    context = field(body, "context", list)
+    if not prompt and not suffix and not context:
+        return await _load_only(request, cfg, body, chat=False)
+    try:
+        text = generate_prompt(cfg, prompt, system=field(body, "system", str), template=field(body, "template", str),
+                               suffix=suffix, raw=field(body, "raw", bool, False))
+    except PromptError as exc:
+        raise bad_request(str(exc)) from None
+    if context and not all(isinstance(t, int) for t in context):
+        raise bad_request("context must be a list of token ids")
+    return await _run(request, body, cfg, text, chat=False, context=context)
+
+
+def _check_messages(messages: list) -> list[dict]:
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise bad_request("invalid message: each message needs a role")
+        if m.get("content") is not None and not isinstance(m["content"], str):
+            raise bad_request("invalid message content: expected a string")
+    return messages
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request)
+    cfg = await _resolve(request, body)
+    if "completion" not in cfg.capabilities:
+        raise bad_request(f"\"{cfg.display}\" does not support chat")
+    messages = _check_messages(field(body, "messages", list, []))
+    if not messages:
+        return await _load_only(request, cfg, body, chat=True)
+    try:
+        text = chat_prompt(cfg, messages, tools=field(body, "tools", list), think=body.get("think"))
+    except PromptError as exc:
+        raise bad_request(str(exc)) from None
+    return await _run(request, body, cfg, text, chat=True)
+
+
+def _expires(lm: LoadedModel) -> str:
+    if lm.expires_at == float("inf"):
+        return "2318-01-01T00:00:00Z" if lm.keep_alive < 0 or lm.active else now_iso()
+    return datetime.fromtimestamp(lm.expires_at, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+async def ps(request: web.Request) -> web.Response:
+    store = request.app["store"]
+    models = []
+    for lm in request.app["scheduler"].loaded.values():
+        p = lm.placement
+        models.append({
+            "name": lm.config.display, "model": lm.config.display, "size": p.size, "digest": lm.config.digest,
+            "details": model_details(store, lm.config.stored), "expires_at": _expires(lm), "size_vram": p.size_vram,
+            "context_length": lm.num_ctx, "processor": processor_label(p.size, p.size_vram),
+        })
+    return web.json_response({"models": models})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_route("POST", "/api/generate", generate)
+    app.router.add_route("POST", "/api/chat", chat)
+    app.router.add_get("/api/ps", ps)
