@@ -41,8 +41,9 @@ class RunnerProcess:
         return self.proc is not None and self.proc.returncode is None
 
     def _error_detail(self) -> str:
-        lines = [line for line in self._stderr_tail if line.strip()]
-        return lines[-1].strip() if lines else ""
+        lines = [line.strip() for line in self._stderr_tail if line.strip()]
+        errors = [line for line in lines if line.lower().startswith("error") or "error:" in line.lower()]
+        return (errors or lines or [""])[-1]
 
     async def start(self, timeout: float) -> dict:
         cmd = [sys.executable, "-m", "runner.engine", "--model", str(self.model_path), "--socket", self.socket_path,

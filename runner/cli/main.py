@@ -182,5 +182,33 @@ def run(name: str, prompt: Optional[list[str]] = typer.Argument(None),
         fail(str(exc))
 
 
+@app.command()
+def bench(name: str,
+          clients: str = typer.Option("1,4", "--clients", help="Comma-separated client counts"),
+          tokens: int = typer.Option(128, "--tokens", help="Tokens to generate per request"),
+          prompt_tokens: int = typer.Option(64, "--prompt-tokens", help="Prompt length (words) per request"),
+          requests: int = typer.Option(2, "--requests", help="Requests per client"),
+          compare: Optional[str] = typer.Option(None, "--compare", help="Also load this llama-server or Ollama URL"),
+          compare_model: Optional[str] = typer.Option(None, "--compare-model", help="Model name at the peer"),
+          json_out: bool = typer.Option(False, "--json", help="Print the results as JSON")) -> None:
+    """Measure aggregate tokens/s and time to first token through the daemon's public API."""
+    from .bench_cmd import run_bench
+
+    client = connect()
+    try:
+        counts = [int(c) for c in clients.split(",") if c.strip()]
+    except ValueError:
+        fail("--clients takes comma-separated integers, e.g. 1,8,32")
+    if not counts or min(counts) < 1 or tokens < 1 or requests < 1:
+        fail("--clients, --tokens and --requests must be positive")
+    try:
+        client.json("POST", "/api/show", {"model": name})
+        run_bench(client.base, name, counts, tokens, prompt_tokens, requests, compare, compare_model, json_out)
+    except ClientError as exc:
+        fail(str(exc))
+    except (OSError, RuntimeError) as exc:
+        fail(f"benchmark failed: {exc}")
+
+
 def main() -> None:
     app(prog_name="lm")

@@ -1,16 +1,17 @@
-"""Entry point of a runner process: `python -m runner.engine --model PATH --socket PATH ...`."""
+"""Entry point of a runner process: `python -m runner.engine --model PATH --socket PATH ...`.
+
+The model is loaded before aiohttp is imported: with aiohttp imported first, loading a model onto an
+H100 through llama.cpp's CUDA backend segfaulted (seen on the device machine, reproducible).
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import signal
+import sys
+import threading
 
-from aiohttp import web
-
-from .model import ContextConfig, LoadedModel
-from .server import RunnerServer
+from .model import ContextConfig, LoadedModel, ModelLoadError
 
 
 def _args() -> argparse.Namespace:
@@ -30,21 +31,21 @@ def _args() -> argparse.Namespace:
     return p.parse_args()
 
 
-async def _serve(args: argparse.Namespace) -> None:
-    cfg = ContextConfig(
-        n_ctx_per_seq=args.ctx, n_seq=args.parallel, n_batch=args.batch, n_gpu_layers=args.gpu_layers,
-        main_gpu=args.main_gpu, n_threads=args.threads, flash_attn=args.flash_attn, kv_type=args.kv_type,
-        use_mmap=not args.no_mmap, kv_unified=args.mixed_prefill,
-    )
-    model = await asyncio.to_thread(LoadedModel, args.model, cfg)
+async def _serve(args: argparse.Namespace, model: LoadedModel) -> None:
+    import asyncio
+    import signal
+
+    from aiohttp import web
+
+    from .server import RunnerServer
+
     info = {"n_ctx": args.ctx, "gpu_layers": args.gpu_layers, "pid": os.getpid()}
     server = RunnerServer(model, args.parallel, mixed_prefill=args.mixed_prefill, info=info)
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.add_routes(server.routes())
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
-    site = web.UnixSite(runner, args.socket)
-    await site.start()
+    await web.UnixSite(runner, args.socket).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -64,7 +65,22 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    asyncio.run(_serve(_args()))
+    import asyncio
+
+    args = _args()
+    threading.stack_size(64 * 1024 * 1024)  # the engine thread runs llama.cpp's decode: give it room
+    cfg = ContextConfig(
+        n_ctx_per_seq=args.ctx, n_seq=args.parallel, n_batch=args.batch, n_gpu_layers=args.gpu_layers,
+        main_gpu=args.main_gpu, n_threads=args.threads, flash_attn=args.flash_attn, kv_type=args.kv_type,
+        use_mmap=not args.no_mmap, kv_unified=args.mixed_prefill,
+    )
+    try:
+        model = LoadedModel(args.model, cfg)
+    except ModelLoadError as exc:
+        # The daemon reports the last "error:" line of a runner that failed to start.
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    asyncio.run(_serve(args, model))
 
 
 if __name__ == "__main__":

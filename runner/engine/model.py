@@ -12,27 +12,12 @@ _backend_ready = False
 
 
 def _init_backend() -> None:
+    # llama.cpp logs to stderr, which the daemon reads (shown with LM_DEBUG, the tail kept for errors).
+    # No Python log callback of our own: one crashed CUDA model loading on an H100.
     global _backend_ready
     if not _backend_ready:
         ll.llama_backend_init()
-        if not os.environ.get("LM_DEBUG"):
-            _silence_llama_logs()
         _backend_ready = True
-
-
-_log_callback = None  # kept referenced: llama.cpp holds the pointer for the process's lifetime
-
-
-def _silence_llama_logs() -> None:
-    global _log_callback
-
-    @ll.llama_log_callback
-    def _quiet(level, text, user_data):  # noqa: ARG001 - signature fixed by llama.cpp
-        if level == 2:  # GGML_LOG_LEVEL_ERROR: keep errors on stderr
-            os.write(2, text)
-
-    _log_callback = _quiet
-    ll.llama_log_set(_log_callback, ctypes.c_void_p(0))
 
 
 class ModelLoadError(RuntimeError):

@@ -1,0 +1,135 @@
+"""Closed-loop streaming load against a daemon's public API (ours or Ollama's) or llama-server.
+
+Each of C clients sends R requests one after another, streaming; we time the first piece of text
+(TTFT) and count the tokens each server says it generated. Aggregate tok/s = all tokens / wall time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+
+WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly hum old songs about "
+         "rivers mountains and distant cities").split()
+
+
+def make_prompt(n_words: int, salt: int) -> str:
+    # A salt in front keeps the prefix cache from serving one client's prompt to another.
+    words = [WORDS[(i * 7 + salt) % len(WORDS)] for i in range(n_words)]
+    return f"Story {salt}: " + " ".join(words)
+
+
+@dataclass
+class RunResult:
+    clients: int
+    wall: float
+    tokens: int
+    ttfts: list[float] = field(default_factory=list)
+    per_client_tps: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def tps(self) -> float:
+        return self.tokens / self.wall if self.wall else 0.0
+
+    def ttft(self, q: float) -> float:
+        if not self.ttfts:
+            return float("nan")
+        xs = sorted(self.ttfts)
+        return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+class Target:
+    """Where the load goes: kind is "ollama" (lm or Ollama: /api/generate) or "llama-server"."""
+
+    def __init__(self, url: str, model: str | None, kind: str | None = None):
+        self.url = url.rstrip("/")
+        self.model = model
+        self.kind = kind or ("llama-server" if self.url.endswith("/completion") else "ollama")
+        if self.kind == "llama-server" and not self.url.endswith("/completion"):
+            self.url += "/completion"
+
+    async def one(self, session: aiohttp.ClientSession, prompt: str, n: int, seed: int) -> tuple[float, int]:
+        """(ttft seconds, tokens generated) for one streamed request."""
+        t0 = time.perf_counter()
+        ttft = None
+        tokens = 0
+        if self.kind == "llama-server":
+            body = {"prompt": prompt, "n_predict": n, "stream": True, "seed": seed, "temperature": 0.8,
+                    "cache_prompt": True}
+            async with session.post(self.url, json=body) as resp:
+                resp.raise_for_status()
+                async for raw in resp.content:
+                    line = raw.strip()
+                    if not line.startswith(b"data:"):
+                        continue
+                    obj = json.loads(line[5:])
+                    if ttft is None and obj.get("content"):
+                        ttft = time.perf_counter() - t0
+                    if obj.get("stop"):
+                        tokens = obj.get("tokens_predicted") or obj.get("timings", {}).get("predicted_n", 0)
+        else:
+            body = {"model": self.model, "prompt": prompt, "stream": True, "raw": True,
+                    "options": {"num_predict": n, "seed": seed, "temperature": 0.8}}
+            async with session.post(self.url + "/api/generate", json=body) as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"{resp.status}: {await resp.text()}")
+                async for raw in resp.content:
+                    if not raw.strip():
+                        continue
+                    obj = json.loads(raw)
+                    if "error" in obj:
+                        raise RuntimeError(obj["error"])
+                    if ttft is None and obj.get("response"):
+                        ttft = time.perf_counter() - t0
+                    if obj.get("done"):
+                        tokens = obj.get("eval_count", 0)
+        return (ttft if ttft is not None else time.perf_counter() - t0), tokens
+
+
+async def run_load(target: Target, clients: int, requests_per_client: int, n_predict: int, prompt_words: int,
+                   on_progress=None) -> RunResult:
+    result = RunResult(clients=clients, wall=0.0, tokens=0)
+    timeout = aiohttp.ClientTimeout(total=None)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def client(c: int) -> None:
+            tokens, t_start = 0, time.perf_counter()
+            for r in range(requests_per_client):
+                salt = c * 1000 + r
+                try:
+                    ttft, n = await target.one(session, make_prompt(prompt_words, salt), n_predict, seed=salt)
+                except Exception as exc:  # reported in the table, not fatal to the run
+                    result.errors.append(str(exc))
+                    continue
+                result.ttfts.append(ttft)
+                tokens += n
+                result.tokens += n
+                if on_progress:
+                    on_progress(n)
+            result.per_client_tps.append(tokens / (time.perf_counter() - t_start))
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(c) for c in range(clients)))
+        result.wall = time.perf_counter() - t0
+    return result
+
+
+async def warm_up(target: Target) -> None:
+    """One short request so that model loading is not timed."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+        await target.one(session, "Hello", 4, seed=0)
+
+
+def summarize(r: RunResult) -> dict:
+    return {
+        "clients": r.clients, "tokens": r.tokens, "wall_s": round(r.wall, 3), "tok_s": round(r.tps, 1),
+        "per_client_tok_s": round(statistics.mean(r.per_client_tps), 1) if r.per_client_tps else 0.0,
+        "ttft_p50_ms": round(r.ttft(0.5) * 1000, 1), "ttft_p95_ms": round(r.ttft(0.95) * 1000, 1),
+        "errors": len(r.errors),
+    }
