@@ -7,7 +7,9 @@ Each of C clients sends R requests one after another, streaming; we time the fir
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import random
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -19,9 +21,12 @@ WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly 
 
 
 def make_prompt(n_words: int, salt: int) -> str:
-    # A salt in front keeps the prefix cache from serving one client's prompt to another.
+    # A salt in front keeps the prefix cache from serving one request's prompt to another.
     words = [WORDS[(i * 7 + salt) % len(WORDS)] for i in range(n_words)]
     return f"Story {salt}: " + " ".join(words)
+
+
+_run_nonce = itertools.count(random.randrange(1 << 20) * 1000)
 
 
 @dataclass
@@ -96,12 +101,14 @@ async def run_load(target: Target, clients: int, requests_per_client: int, n_pre
                    on_progress=None) -> RunResult:
     result = RunResult(clients=clients, wall=0.0, tokens=0)
     timeout = aiohttp.ClientTimeout(total=None)
-    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+    # A fresh connection per request: llama-server closes streamed responses' connections, and reusing
+    # one then fails. Loopback connects cost far less than a token, for every target alike.
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0, force_close=True)) as session:
 
         async def client(c: int) -> None:
             tokens, t_start = 0, time.perf_counter()
             for r in range(requests_per_client):
-                salt = c * 1000 + r
+                salt = next(_run_nonce)  # never the same prompt twice, across runs and targets
                 try:
                     ttft, n = await target.one(session, make_prompt(prompt_words, salt), n_predict, seed=salt)
                 except Exception as exc:  # reported in the table, not fatal to the run

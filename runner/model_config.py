@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import lru_cache
 from pathlib import Path
 
 from registry import (
     MEDIA_ADAPTER, MEDIA_LICENSE, MEDIA_MESSAGES, MEDIA_MODEL, MEDIA_PARAMS, MEDIA_PROJECTOR, MEDIA_SYSTEM,
     MEDIA_TEMPLATE, GGUFInfo, ModelName, Store, StoredModel, read_gguf_info,
 )
+
+
+@lru_cache(maxsize=64)
+def _gguf_info(path: Path) -> GGUFInfo:
+    # Blobs are content-addressed and never change under their name: the header need be read once
+    # (a 262k-token vocabulary takes ~90 ms to walk, on every request otherwise).
+    return read_gguf_info(path)
 
 
 class ModelNotFound(LookupError):
@@ -44,9 +51,9 @@ class ModelConfig:
     def digest(self) -> str:
         return self.stored.digest
 
-    @cached_property
+    @property
     def gguf(self) -> GGUFInfo:
-        return read_gguf_info(self.model_path)
+        return _gguf_info(self.model_path)
 
     @property
     def capabilities(self) -> list[str]:

@@ -89,7 +89,7 @@ class Scheduler:
                     lm.keep_alive = keep_alive
                 return lm
         await self._make_room()
-        return await self._load(config, num_ctx, num_gpu, keep_alive)
+        return await self._load(config, options, num_ctx, num_gpu, keep_alive)
 
     async def _make_room(self) -> None:
         limit = self.settings.max_loaded_models or 3
@@ -105,7 +105,8 @@ class Scheduler:
             victim = min(idle, key=lambda m: m.expires_at)
             await self._unload(victim)
 
-    async def _load(self, config: ModelConfig, num_ctx: int, num_gpu: int | None, keep_alive) -> LoadedModel:
+    async def _load(self, config: ModelConfig, options: dict, num_ctx: int, num_gpu: int | None,
+                    keep_alive) -> LoadedModel:
         info = config.gguf
         placement = place(
             weights_bytes=info.tensor_bytes, n_layers=info.block_count or 1, n_embd=info.embedding_length or 0,
@@ -115,6 +116,9 @@ class Scheduler:
         args = ["--ctx", str(num_ctx), "--parallel", str(placement.parallel),
                 "--gpu-layers", str(placement.gpu_layers), "--kv-type", self.settings.kv_cache_type,
                 "--flash-attn", "on" if self.settings.flash_attention else "auto"]
+        threads = options.get("num_thread") or config.parameters.get("num_thread")
+        if threads:
+            args += ["--threads", str(int(threads))]
         if placement.gpu_layers > 0:
             args.append("--mixed-prefill")  # GPU: throughput over bit-exact batch invariance
         proc = RunnerProcess(config.model_path, args, debug=self.settings.debug)

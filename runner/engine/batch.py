@@ -13,9 +13,11 @@ measured bit-identical to decoding alone). On a GPU, where throughput needs mixe
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -25,6 +27,9 @@ from .batch_buffer import BatchBuffer
 from .model import LoadedModel
 from .sampling import SamplerChain, SamplingOptions
 from .text import TextStream
+
+
+_MIN_PER_WORKER = 4  # below this many sequences per thread, handing work over costs more than it saves
 
 
 @dataclass
@@ -107,6 +112,8 @@ class Engine:
         self._last_step_was_prefill = False
         self.can_shift = ll.llama_memory_can_shift(model.memory)
         self.thread = threading.Thread(target=self._run, name="engine", daemon=True)
+        self._workers = min(8, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="sampler") if self._workers > 1 else None
         self.fatal_error: str | None = None
 
     # -- called from other threads ---------------------------------------------------------------
@@ -128,6 +135,8 @@ class Engine:
             self._stop = True
             self._lock.notify()
         self.thread.join(timeout=10)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
     @property
     def active(self) -> int:
@@ -277,13 +286,34 @@ class Engine:
         rc = ll.llama_decode(self.model.ctx, buf.as_llama_batch())
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
+        tokens = self._sample(outputs)
         now = time.perf_counter()
-        for slot, idx in outputs:
-            self._take_token(slot, idx, now, events)
+        for (slot, _), token in zip(outputs, tokens):
+            self._take_token(slot, token, now, events)
 
-    def _take_token(self, slot: _Slot, idx: int, now: float, events: list[Event]) -> None:
+    def _sample(self, outputs: list[tuple[_Slot, int]]) -> list[int]:
+        """One token per output, sampled by each sequence's C sampler chain.
+
+        Sampling walks the whole vocabulary once per sequence (building its candidate array), which
+        for many sequences costs more than the GPU's decode step. The chains are independent and ctypes
+        drops the GIL during each call, so groups of sequences are sampled on worker threads at once.
+        The first logits read synchronizes the context (and reorders outputs) before any worker starts,
+        after which reads are plain memory reads.
+        """
+        ctx = self.model.ctx
+        if len(outputs) < 2 * _MIN_PER_WORKER or self._pool is None:
+            return [slot.chain.sample(ctx, idx) for slot, idx in outputs]
+        ll.llama_get_logits_ith(ctx, outputs[0][1])
+        n = min(self._workers, len(outputs) // _MIN_PER_WORKER)
+        groups = [outputs[i::n] for i in range(n)]
+        results = list(self._pool.map(lambda g: [slot.chain.sample(ctx, idx) for slot, idx in g], groups))
+        tokens = [0] * len(outputs)
+        for i, group_tokens in enumerate(results):
+            tokens[i::n] = group_tokens
+        return tokens
+
+    def _take_token(self, slot: _Slot, token: int, now: float, events: list[Event]) -> None:
         req = slot.req
-        token = slot.chain.sample(self.model.ctx, idx)
         if slot.generated == 0:
             req.t_first_token = now
         if self.model.is_eog(token):

@@ -56,14 +56,17 @@ class SamplerChain:
                 ll.llama_sampler_free(self.ptr)
                 raise ValueError("invalid grammar")
             add(grammar)
+        if opts.top_k > 0:
+            # top_k first: the penalty sampler then scans 40 candidates, not the whole vocabulary
+            # (measured: penalties over 262k logits cost more per token than the rest of the chain).
+            add(ll.llama_sampler_init_top_k(opts.top_k))
         if opts.repeat_penalty != 1.0 or opts.presence_penalty or opts.frequency_penalty:
             last_n = n_vocab if opts.repeat_last_n < 0 else opts.repeat_last_n
-            add(ll.llama_sampler_init_penalties(n_vocab, last_n, opts.repeat_penalty, opts.frequency_penalty, opts.presence_penalty))
+            add(ll.llama_sampler_init_penalties(n_vocab, last_n, opts.repeat_penalty, opts.frequency_penalty,
+                                                opts.presence_penalty))
         if opts.temperature <= 0:
             add(ll.llama_sampler_init_greedy())
             return
-        if opts.top_k > 0:
-            add(ll.llama_sampler_init_top_k(opts.top_k))
         if 0 < opts.typical_p < 1:
             add(ll.llama_sampler_init_typical(opts.typical_p, 1))
         if 0 < opts.top_p < 1:
