@@ -42,6 +42,18 @@ def free_gpu_memory() -> int:
         return 0
 
 
+def available_ram() -> int | None:
+    """MemAvailable from /proc/meminfo (None where there is no such file)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 @dataclass
 class Placement:
     gpu_layers: int

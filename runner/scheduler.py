@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from .config import Settings
-from .memory import Placement, place
+from .memory import Placement, available_ram, gpu_backend, place
 from .model_config import ModelConfig
 from .runner_process import RunnerError, RunnerProcess
 
@@ -89,9 +89,30 @@ class Scheduler:
                     lm.keep_alive = keep_alive
                 return lm
         await self._make_room()
-        return await self._load(config, options, num_ctx, num_gpu, keep_alive)
+        placement = self._place(config, num_ctx, num_gpu)
+        # Memory: a model that would not fit whole on the GPU (or in RAM) first evicts idle models.
+        while not self._fits(placement) and any(m.active == 0 for m in self.loaded.values()):
+            await self._unload(min((m for m in self.loaded.values() if m.active == 0), key=lambda m: m.expires_at))
+            placement = self._place(config, num_ctx, num_gpu)
+        return await self._load(config, options, placement, num_ctx, num_gpu, keep_alive)
+
+    def _place(self, config: ModelConfig, num_ctx: int, num_gpu: int | None) -> Placement:
+        info = config.gguf
+        return place(
+            weights_bytes=info.tensor_bytes, n_layers=info.block_count or 1, n_embd=info.embedding_length or 0,
+            n_head=info.head_count or 1, n_head_kv=info.head_count_kv or info.head_count or 1, num_ctx=num_ctx,
+            kv_type=self.settings.kv_cache_type, num_gpu=num_gpu, parallel=self.settings.num_parallel or None,
+        )
+
+    @staticmethod
+    def _fits(placement: Placement) -> bool:
+        if gpu_backend() == "cuda":
+            return placement.gpu_layers > placement.n_layers  # every layer and the output on the GPU
+        available = available_ram()
+        return available is None or placement.size <= available
 
     async def _make_room(self) -> None:
+        """LM_MAX_LOADED_MODELS: evict the idle model expiring soonest (or wait for one to go idle)."""
         limit = self.settings.max_loaded_models or 3
         while len(self.loaded) >= limit:
             idle = [m for m in self.loaded.values() if m.active == 0]
@@ -105,14 +126,8 @@ class Scheduler:
             victim = min(idle, key=lambda m: m.expires_at)
             await self._unload(victim)
 
-    async def _load(self, config: ModelConfig, options: dict, num_ctx: int, num_gpu: int | None,
-                    keep_alive) -> LoadedModel:
-        info = config.gguf
-        placement = place(
-            weights_bytes=info.tensor_bytes, n_layers=info.block_count or 1, n_embd=info.embedding_length or 0,
-            n_head=info.head_count or 1, n_head_kv=info.head_count_kv or info.head_count or 1, num_ctx=num_ctx,
-            kv_type=self.settings.kv_cache_type, num_gpu=num_gpu, parallel=self.settings.num_parallel or None,
-        )
+    async def _load(self, config: ModelConfig, options: dict, placement: Placement, num_ctx: int,
+                    num_gpu: int | None, keep_alive) -> LoadedModel:
         args = ["--ctx", str(num_ctx), "--parallel", str(placement.parallel),
                 "--gpu-layers", str(placement.gpu_layers), "--kv-type", self.settings.kv_cache_type,
                 "--flash-attn", "on" if self.settings.flash_attention else "auto"]

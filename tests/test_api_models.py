@@ -231,3 +231,21 @@ def test_existing_ollama_store_is_listed_as_is(make_daemon, tiny_gguf, tmp_path)
     assert tags["models"][0]["size"] == model_size + tmpl_size + cfg_size
     status, shown = d.post("/api/show", {"model": "oldmodel:7b"})
     assert status == 200 and shown["template"] == "{{ .Prompt }}"
+
+
+def test_cli_create_from_blob_digest_and_from_model(daemon, tiny_gguf, tmp_path):
+    digest = daemon.upload_blob(tiny_gguf)
+    mf = tmp_path / "Modelfile"
+    mf.write_text(f"FROM {digest}\nSYSTEM from a digest\n")
+    r = daemon.cli("create", "from-digest", "-f", str(mf))
+    assert r.returncode == 0, r.stderr
+    mf.write_text("FROM from-digest\nPARAMETER num_ctx 512\n")
+    r = daemon.cli("create", "from-model", "-f", str(mf))
+    assert r.returncode == 0, r.stderr
+    status, shown = daemon.post("/api/show", {"model": "from-model"})
+    assert shown["system"] == "from a digest" and "num_ctx" in shown["parameters"]
+    mf.write_text("FROM ./no-such-file.gguf\n")
+    r = daemon.cli("create", "x", "-f", str(mf))
+    assert r.returncode != 0 and "no such file" in r.stderr
+    for name in ("from-digest", "from-model"):
+        daemon.request("DELETE", "/api/delete", {"model": name})

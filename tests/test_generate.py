@@ -323,3 +323,43 @@ def test_prefix_cache_reuses_a_long_shared_prefix(make_daemon, smollm2_path):
                                       "stream": False, "options": {"num_predict": 4, "temperature": 0}})[1]
     assert first["prompt_eval_count"] > 512
     assert second["prompt_eval_count"] < first["prompt_eval_count"] - 256
+
+
+def test_max_loaded_models_evicts_the_idle_one(make_daemon, tiny_gguf, tiny_q4k_gguf):
+    d = make_daemon({"LM_MAX_LOADED_MODELS": "1"})
+    d.create_from_gguf("a", tiny_gguf)
+    d.create_from_gguf("b", tiny_q4k_gguf)
+    d.post("/api/generate", {"model": "a"})
+    d.post("/api/generate", {"model": "b"})
+    assert [m["name"] for m in d.get("/api/ps")[1]["models"]] == ["b:latest"]
+
+
+def test_generate_context_continues_a_conversation(daemon, smollm2):
+    opts = {"temperature": 0, "num_predict": 8}
+    _, first = daemon.post("/api/generate", {"model": smollm2, "prompt": "My name is Ada.", "stream": False,
+                                             "options": opts})
+    ctx = first["context"]
+    assert len(ctx) == first["prompt_eval_count"] + first["eval_count"]
+    _, second = daemon.post("/api/generate", {"model": smollm2, "prompt": "What is my name?", "context": ctx,
+                                              "stream": False, "options": opts})
+    assert second["context"][: len(ctx)] == ctx
+    assert daemon.post("/api/generate", {"model": smollm2, "prompt": "x", "context": ["a"]})[0] == 400
+
+
+def test_format_json_constrains_output(daemon, smollm2):
+    status, body = daemon.post("/api/generate", {
+        "model": smollm2, "prompt": "Give me a JSON object describing a cat.", "format": "json", "stream": False,
+        "options": {"temperature": 0, "num_predict": 60}})
+    assert status == 200
+    text = body["response"].strip()
+    assert text.startswith("{")
+    if body["done_reason"] == "stop":
+        assert isinstance(json.loads(text), dict)
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"]}
+    status, body = daemon.post("/api/chat", {
+        "model": smollm2, "messages": [{"role": "user", "content": "Invent a person."}], "format": schema,
+        "stream": False, "options": {"temperature": 0, "num_predict": 80}})
+    obj = json.loads(body["message"]["content"])
+    assert isinstance(obj["name"], str) and isinstance(obj["age"], int)
+    assert daemon.post("/api/generate", {"model": smollm2, "prompt": "x", "format": "yaml"})[0] == 400
