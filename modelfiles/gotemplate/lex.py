@@ -376,22 +376,25 @@ class Lexer:
         self.emit(typ)
         return None
 
-    def lex_char(self):
+    def _lex_delimited(self, close: str, token, what: str):
+        """A quoted char or string constant up to `close`, with backslash escapes, on one line."""
         while True:
             c = self.next()
             if c == "\\":
-                c2 = self.next()
-                if c2 not in ("", "\n"):
+                if self.next() not in ("", "\n"):
                     continue
-                self.errorf("unterminated character constant")
+                self.errorf(f"unterminated {what}")
                 return None
             if c in ("", "\n"):
-                self.errorf("unterminated character constant")
+                self.errorf(f"unterminated {what}")
                 return None
-            if c == "'":
+            if c == close:
                 break
-        self.emit(CHAR_CONSTANT)
+        self.emit(token)
         return None
+
+    def lex_char(self):
+        return self._lex_delimited("'", CHAR_CONSTANT, "character constant")
 
     def lex_number(self):
         if not self._scan_number():
@@ -432,21 +435,7 @@ class Lexer:
         return True
 
     def lex_quote(self):
-        while True:
-            c = self.next()
-            if c == "\\":
-                c2 = self.next()
-                if c2 not in ("", "\n"):
-                    continue
-                self.errorf("unterminated quoted string")
-                return None
-            if c in ("", "\n"):
-                self.errorf("unterminated quoted string")
-                return None
-            if c == '"':
-                break
-        self.emit(STRING)
-        return None
+        return self._lex_delimited('"', STRING, "quoted string")
 
     def lex_raw_quote(self):
         while True:

@@ -99,20 +99,23 @@ class GoSlice(list):
         self.elem_iface = elem_iface
 
 
+# Go's names for the scalar kinds; bool first, since bool is an int in Python.
+_SCALARS = ((bool, "bool"), (int, "int"), (float, "float64"), (str, "string"), (complex, "complex128"))
+
+
+def _scalar_name(v: Any) -> str | None:
+    for py_type, go_name in _SCALARS:
+        if isinstance(v, py_type):
+            return go_name
+    return None
+
+
 def kind(v: Any) -> str:
     """Go's reflect.Kind name for a value ('invalid' for None)."""
     if v is None:
         return "invalid"
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, int):
-        return "int"
-    if isinstance(v, float):
-        return "float64"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, complex):
-        return "complex128"
+    if (name := _scalar_name(v)) is not None:
+        return name
     if isinstance(v, dict):
         return "map"
     if isinstance(v, (list, tuple)):
@@ -128,16 +131,8 @@ def kind(v: Any) -> str:
 
 def type_name(v: Any) -> str:
     """Go's reflect.Type.String() for a value."""
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, int):
-        return "int"
-    if isinstance(v, float):
-        return "float64"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, complex):
-        return "complex128"
+    if (name := _scalar_name(v)) is not None:
+        return name
     if isinstance(v, (GoMap, GoSlice, GoNil, GoFunc)):
         return v.type_name
     if isinstance(v, dict):
