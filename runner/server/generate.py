@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import aclosing
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import AsyncIterator
 
@@ -106,7 +108,7 @@ class Inference:
         }
 
 
-async def _load_only(request: web.Request, cfg: ModelConfig, body: dict, chat: bool) -> web.Response:
+async def _load_only(request: web.Request, cfg: ModelConfig, body: dict, chat: bool) -> dict:
     """Empty prompt: load the model (or unload it with keep_alive 0), as Ollama does."""
     keep_alive = _keep_alive(body)
     base = {"model": body.get("model"), "created_at": now_iso()}
@@ -118,57 +120,23 @@ async def _load_only(request: web.Request, cfg: ModelConfig, body: dict, chat: b
             pass
         reason = "load"
     payload = {"message": {"role": "assistant", "content": ""}} if chat else {"response": ""}
-    return web.json_response({**base, **payload, "done": True, "done_reason": reason})
+    return {**base, **payload, "done": True, "done_reason": reason}
 
 
-async def _run(request: web.Request, body: dict, cfg: ModelConfig, prompt: str, *, chat: bool,
-               context: list[int] | None = None) -> web.StreamResponse:
-    stream = field(body, "stream", bool, True)
-    options = _options(cfg, body)
-    grammar = grammar_for_format(body.get("format"))
-    if grammar:
-        options["grammar"] = grammar
-    model = body.get("model")
+@dataclass
+class Prepared:
+    """A validated /api/generate or /api/chat request, ready to run: see `chunks`."""
 
-    def chunk(text: str) -> dict:
-        if chat:
-            return {"model": model, "created_at": now_iso(), "message": {"role": "assistant", "content": text},
-                    "done": False}
-        return {"model": model, "created_at": now_iso(), "response": text, "done": False}
-
-    out = NDJSONStream(request) if stream else None
-    pieces: list[str] = []
-    async with Inference(request, cfg, options, _keep_alive(body)) as inf:
-        try:
-            final = None
-            async for obj in inf.stream(prompt, context):
-                if obj.get("done"):
-                    final = obj
-                elif out:
-                    await out.send(chunk(obj["content"]))
-                else:
-                    pieces.append(obj["content"])
-        except RunnerError as exc:
-            if out and out.started:
-                await out.send({"error": str(exc)})
-                return await out.finish()
-            raise ApiError(500, str(exc)) from None
-    last = chunk("".join(pieces))
-    last.update(done=True, done_reason=final.get("done_reason") or "stop", **inf.stats(final))
-    if not chat:
-        last["context"] = final.get("context", [])
-    if out:
-        if chat:
-            last["message"]["content"] = ""
-        else:
-            last["response"] = ""
-        await out.send(last)
-        return await out.finish()
-    return web.Response(body=dumps(last), content_type="application/json")
+    request: web.Request
+    body: dict
+    cfg: ModelConfig
+    prompt: str
+    chat: bool
+    context: list[int] | None = None
+    load_only: dict | None = None  # the whole answer when the request only loads or unloads
 
 
-async def generate(request: web.Request) -> web.StreamResponse:
-    body = await read_json(request)
+async def prepare_generate(request: web.Request, body: dict) -> Prepared:
     cfg = await _resolve(request, body)
     if "completion" not in cfg.capabilities:
         raise bad_request(f"\"{cfg.display}\" does not support generate")
@@ -176,15 +144,15 @@ async def generate(request: web.Request) -> web.StreamResponse:
     suffix = field(body, "suffix", str)
     context = field(body, "context", list)
     if not prompt and not suffix and not context:
-        return await _load_only(request, cfg, body, chat=False)
+        return Prepared(request, body, cfg, "", False, load_only=await _load_only(request, cfg, body, chat=False))
     try:
         text = generate_prompt(cfg, prompt, system=field(body, "system", str), template=field(body, "template", str),
                                suffix=suffix, raw=field(body, "raw", bool, False))
     except PromptError as exc:
         raise bad_request(str(exc)) from None
-    if context and not all(isinstance(t, int) for t in context):
+    if context and not all(isinstance(t, int) and not isinstance(t, bool) for t in context):
         raise bad_request("context must be a list of token ids")
-    return await _run(request, body, cfg, text, chat=False, context=context)
+    return Prepared(request, body, cfg, text, False, context=context)
 
 
 def _check_messages(messages: list) -> list[dict]:
@@ -196,19 +164,94 @@ def _check_messages(messages: list) -> list[dict]:
     return messages
 
 
-async def chat(request: web.Request) -> web.StreamResponse:
-    body = await read_json(request)
+async def prepare_chat(request: web.Request, body: dict) -> Prepared:
     cfg = await _resolve(request, body)
     if "completion" not in cfg.capabilities:
         raise bad_request(f"\"{cfg.display}\" does not support chat")
     messages = _check_messages(field(body, "messages", list, []))
     if not messages:
-        return await _load_only(request, cfg, body, chat=True)
+        return Prepared(request, body, cfg, "", True, load_only=await _load_only(request, cfg, body, chat=True))
     try:
         text = chat_prompt(cfg, messages, tools=field(body, "tools", list), think=body.get("think"))
     except PromptError as exc:
         raise bad_request(str(exc)) from None
-    return await _run(request, body, cfg, text, chat=True)
+    return Prepared(request, body, cfg, text, True)
+
+
+async def chunks(prep: Prepared) -> AsyncIterator[dict]:
+    """The answer as Ollama's stream objects: pieces with `done: false`, then the final one with stats.
+
+    Errors before the first piece raise ApiError; a runner that dies mid-answer ends the stream with
+    an `{"error": ...}` object, as Ollama's streams do.
+    """
+    body, cfg = prep.body, prep.cfg
+    options = _options(cfg, body)
+    grammar = grammar_for_format(body.get("format"))
+    if grammar:
+        options["grammar"] = grammar
+    model = body.get("model")
+
+    def chunk(text: str) -> dict:
+        if prep.chat:
+            return {"model": model, "created_at": now_iso(), "message": {"role": "assistant", "content": text},
+                    "done": False}
+        return {"model": model, "created_at": now_iso(), "response": text, "done": False}
+
+    started = False
+    async with Inference(prep.request, cfg, options, _keep_alive(body)) as inf:
+        try:
+            final = None
+            async for obj in inf.stream(prep.prompt, prep.context):
+                if obj.get("done"):
+                    final = obj
+                else:
+                    started = True
+                    yield chunk(obj["content"])
+        except RunnerError as exc:
+            if started:
+                yield {"error": str(exc)}
+                return
+            raise ApiError(500, str(exc)) from None
+    last = chunk("")
+    last.update(done=True, done_reason=final.get("done_reason") or "stop", **inf.stats(final))
+    if not prep.chat:
+        last["context"] = final.get("context", [])
+    yield last
+
+
+async def respond(prep: Prepared) -> web.StreamResponse:
+    """Writes `chunks` as NDJSON (stream, the default) or as one merged object."""
+    if prep.load_only is not None:
+        return web.json_response(prep.load_only)
+    # aclosing: a client that hangs up cancels us mid-loop, and the generator must then release its
+    # runner request at once (not when garbage-collected), which cancels the sequence in the engine.
+    if field(prep.body, "stream", bool, True):
+        out = NDJSONStream(prep.request)
+        async with aclosing(chunks(prep)) as stream:
+            async for obj in stream:
+                await out.send(obj)
+        return await out.finish()
+    pieces: list[str] = []
+    last: dict = {}
+    async with aclosing(chunks(prep)) as stream:
+        async for obj in stream:
+            if "error" in obj:
+                raise ApiError(500, obj["error"])
+            pieces.append(obj["message"]["content"] if prep.chat else obj["response"])
+            last = obj
+    if prep.chat:
+        last["message"]["content"] = "".join(pieces)
+    else:
+        last["response"] = "".join(pieces)
+    return web.Response(body=dumps(last), content_type="application/json")
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    return await respond(await prepare_generate(request, await read_json(request)))
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    return await respond(await prepare_chat(request, await read_json(request)))
 
 
 def _expires(lm: LoadedModel) -> str:
