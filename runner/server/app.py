@@ -14,7 +14,7 @@ from registry import Store
 from .. import __version__
 from ..config import Settings
 from ..scheduler import Scheduler
-from . import generate, models_api
+from . import generate, models_api, openai
 from .http import ApiError, dumps
 
 log = logging.getLogger("lm.server")
@@ -58,6 +58,7 @@ def make_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/version", version)
     models_api.add_routes(app)
     generate.add_routes(app)
+    openai.add_routes(app)
 
     async def on_startup(app: web.Application) -> None:
         if not settings.noprune:

@@ -1,0 +1,300 @@
+"""OpenAI-compatible API (/v1): requests translated to the native routes' internals and back.
+
+Chat and completions run through the same `prepare_*` + `chunks` path as /api/chat and
+/api/generate, so templates, tools, grammars and scheduling behave identically.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import secrets
+import time
+from contextlib import aclosing
+
+from aiohttp import web
+
+from .generate import chunks, prepare_chat, prepare_generate
+from .http import ApiError, dumps, read_json
+from .models_api import parse_name
+
+
+def _error(status: int, message: str, param: str | None = None) -> web.Response:
+    kind = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+            503: "server_error"}.get(status, "api_error")
+    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    return web.Response(status=status, body=dumps(body), content_type="application/json")
+
+
+def openai_errors(handler):
+    """Errors in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request):
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return _error(exc.status, exc.message, getattr(exc, "param", None))
+
+    return wrapped
+
+
+def _bad(message: str, param: str | None = None) -> ApiError:
+    err = ApiError(400, message)
+    err.param = param
+    return err
+
+
+def _options(body: dict) -> dict:
+    """OpenAI sampling fields as Ollama options (only those given)."""
+    opts: dict = {}
+    mapping = {"temperature": "temperature", "top_p": "top_p", "seed": "seed",
+               "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty"}
+    for src, dst in mapping.items():
+        if body.get(src) is not None:
+            opts[dst] = body[src]
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    if limit is not None:
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise _bad("max_tokens must be a positive integer", "max_tokens")
+        opts["num_predict"] = limit
+    stop = body.get("stop")
+    if stop is not None:
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise _bad("stop must be a string or a list of strings", "stop")
+        opts["stop"] = stop
+    n = body.get("n", 1)
+    if n != 1:
+        raise _bad("only n=1 is supported", "n")
+    return opts
+
+
+def _format(body: dict):
+    rf = body.get("response_format")
+    if rf is None:
+        return None
+    if not isinstance(rf, dict):
+        raise _bad("response_format must be an object", "response_format")
+    kind = rf.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return "json"
+    if kind == "json_schema":
+        schema = (rf.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise _bad("response_format.json_schema.schema must be an object", "response_format")
+        return schema
+    raise _bad(f"invalid response_format type {kind!r}", "response_format")
+
+
+def _text_content(content) -> str:
+    """Message content: a string, or a list of parts of which the text ones are joined."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") not in ("text", "input_text"):
+                raise _bad("only text content parts are supported", "messages")
+            texts.append(str(part.get("text", "")))
+        return "".join(texts)
+    raise _bad("message content must be a string or a list of parts", "messages")
+
+
+def _messages(raw) -> list[dict]:
+    if not isinstance(raw, list) or not raw:
+        raise _bad("messages must be a non-empty list", "messages")
+    out = []
+    names_by_call: dict[str, str] = {}
+    for m in raw:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise _bad("each message needs a role", "messages")
+        role = "system" if m["role"] == "developer" else m["role"]
+        msg = {"role": role, "content": _text_content(m.get("content"))}
+        calls = []
+        for call in m.get("tool_calls") or []:
+            fn = call.get("function") or {}
+            args = fn.get("arguments") or "{}"
+            try:
+                args = json.loads(args) if isinstance(args, str) else args
+            except json.JSONDecodeError:
+                raise _bad("tool call arguments must be JSON", "messages") from None
+            names_by_call[call.get("id", "")] = fn.get("name", "")
+            calls.append({"function": {"name": fn.get("name", ""), "arguments": args}})
+        if calls:
+            msg["tool_calls"] = calls
+        if role == "tool":
+            msg["tool_name"] = m.get("name") or names_by_call.get(m.get("tool_call_id", ""), "")
+        out.append(msg)
+    return out
+
+
+def _tool_calls(calls: list[dict], start: int = 0) -> list[dict]:
+    return [{"index": start + i, "id": f"call_{secrets.token_hex(8)}", "type": "function",
+             "function": {"name": c["function"]["name"],
+                          "arguments": json.dumps(c["function"].get("arguments", {}), ensure_ascii=False)}}
+            for i, c in enumerate(calls)]
+
+
+def _finish_reason(final: dict, had_tool_calls: bool) -> str:
+    if had_tool_calls:
+        return "tool_calls"
+    return "length" if final.get("done_reason") == "length" else "stop"
+
+
+def _usage(final: dict) -> dict:
+    p, c = final.get("prompt_eval_count", 0), final.get("eval_count", 0)
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+class _SSE:
+    def __init__(self, request: web.Request):
+        self.request = request
+        self.response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+
+    async def send(self, obj) -> None:
+        if not self.response.prepared:
+            await self.response.prepare(self.request)
+        await self.response.write(b"data: " + dumps(obj) + b"\n\n")
+
+    async def done(self) -> web.StreamResponse:
+        if not self.response.prepared:
+            await self.response.prepare(self.request)
+        await self.response.write(b"data: [DONE]\n\n")
+        await self.response.write_eof()
+        return self.response
+
+
+@openai_errors
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("model is required", "model")
+    native = {"model": model, "messages": _messages(body.get("messages")), "options": _options(body),
+              "stream": True}
+    if (fmt := _format(body)) is not None:
+        native["format"] = fmt
+    tools = body.get("tools")
+    if tools and body.get("tool_choice") != "none":
+        native["tools"] = tools
+    prep = await prepare_chat(request, native)
+    cid, created = f"chatcmpl-{secrets.token_hex(6)}", int(time.time())
+    base = {"id": cid, "created": created, "model": model, "system_fingerprint": "fp_lm"}
+    stream = bool(body.get("stream"))
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    content, calls, final = [], [], {}
+    sse = _SSE(request) if stream else None
+    first = True
+    async with aclosing(chunks(prep)) as pieces:
+        async for obj in pieces:
+            if "error" in obj:
+                if sse:
+                    await sse.send({"error": {"message": obj["error"], "type": "api_error", "param": None,
+                                              "code": None}})
+                    return await sse.done()
+                raise ApiError(500, obj["error"])
+            msg = obj.get("message", {})
+            new_calls = msg.get("tool_calls") or []
+            if obj.get("done"):
+                final = obj
+            if sse and (msg.get("content") or new_calls or first):
+                delta = {"role": "assistant", "content": msg.get("content", "")} if first else \
+                    {"content": msg.get("content", "")}
+                if new_calls:
+                    delta["tool_calls"] = _tool_calls(new_calls, len(calls))
+                await sse.send({**base, "object": "chat.completion.chunk",
+                                "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+                first = False
+            content.append(msg.get("content", ""))
+            calls += new_calls
+    reason = _finish_reason(final, bool(calls))
+    if sse:
+        await sse.send({**base, "object": "chat.completion.chunk",
+                        "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]})
+        if include_usage:
+            await sse.send({**base, "object": "chat.completion.chunk", "choices": [], "usage": _usage(final)})
+        return await sse.done()
+    message = {"role": "assistant", "content": "".join(content)}
+    if calls:
+        message["tool_calls"] = _tool_calls(calls)
+    return web.json_response({**base, "object": "chat.completion", "usage": _usage(final),
+                              "choices": [{"index": 0, "message": message, "finish_reason": reason,
+                                           "logprobs": None}]})
+
+
+@openai_errors
+async def completions(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("model is required", "model")
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise _bad("prompt must be a string", "prompt")
+    if body.get("echo"):
+        raise _bad("echo is not supported", "echo")
+    native = {"model": model, "prompt": prompt, "options": _options(body), "stream": True}
+    if isinstance(body.get("suffix"), str):
+        native["suffix"] = body["suffix"]
+    prep = await prepare_generate(request, native)
+    base = {"id": f"cmpl-{secrets.token_hex(6)}", "object": "text_completion", "created": int(time.time()),
+            "model": model, "system_fingerprint": "fp_lm"}
+    sse = _SSE(request) if body.get("stream") else None
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    text, final = [], {}
+    if prep.load_only is not None:
+        final = prep.load_only
+    else:
+        async with aclosing(chunks(prep)) as pieces:
+            async for obj in pieces:
+                if "error" in obj:
+                    raise ApiError(500, obj["error"])
+                if obj.get("done"):
+                    final = obj
+                if sse and obj.get("response"):
+                    await sse.send({**base, "choices": [{"text": obj["response"], "index": 0,
+                                                         "finish_reason": None, "logprobs": None}]})
+                text.append(obj.get("response", ""))
+    reason = _finish_reason(final, False)
+    if sse:
+        await sse.send({**base, "choices": [{"text": "", "index": 0, "finish_reason": reason, "logprobs": None}]})
+        if include_usage:
+            await sse.send({**base, "choices": [], "usage": _usage(final)})
+        return await sse.done()
+    return web.json_response({**base, "usage": _usage(final),
+                              "choices": [{"text": "".join(text), "index": 0, "finish_reason": reason,
+                                           "logprobs": None}]})
+
+
+def _model_entry(stored) -> dict:
+    return {"id": stored.name.display, "object": "model", "created": int(stored.modified_at.timestamp()),
+            "owned_by": stored.name.namespace}
+
+
+@openai_errors
+async def list_models(request: web.Request) -> web.Response:
+    models = request.app["store"].list_models()
+    return web.json_response({"object": "list", "data": [_model_entry(m) for m in models]})
+
+
+@openai_errors
+async def get_model(request: web.Request) -> web.Response:
+    name = parse_name(request.match_info["model"])
+    found = request.app["store"].find(name)
+    if found is None:
+        raise ApiError(404, f"model '{request.match_info['model']}' not found")
+    return web.json_response(_model_entry(found))
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_route("POST", "/v1/chat/completions", chat_completions)
+    r.add_route("POST", "/v1/completions", completions)
+    r.add_get("/v1/models", list_models)
+    r.add_get("/v1/models/{model:.+}", get_model)
