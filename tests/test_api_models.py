@@ -10,6 +10,7 @@ import ollama
 import pytest
 
 from modelfiles import parse_modelfile
+from tests.gguf_factory import write_tiny_gguf
 
 
 def test_root_and_version(daemon):
@@ -143,7 +144,8 @@ LICENSE "MIT"
     assert "success" in r.stdout
     r = daemon.cli("list")
     assert r.returncode == 0 and "cli-model:latest" in r.stdout and "NAME" in r.stdout
-    assert daemon.cli("ls").stdout == r.stdout
+    names = lambda out: sorted(line.split()[0] for line in out.splitlines()[1:])  # noqa: E731
+    assert names(daemon.cli("ls").stdout) == names(r.stdout)
 
     r = daemon.cli("show", "cli-model", "--modelfile")
     assert r.returncode == 0, r.stderr
@@ -187,10 +189,11 @@ def test_cli_errors_are_one_line_and_nonzero(daemon, tmp_path):
     assert r.returncode == 0 and "lm version" in r.stdout
 
 
-def test_rm_keeps_blobs_used_by_another_model(daemon, tiny_gguf):
-    daemon.create_from_gguf("shared-a", tiny_gguf, system="A")
-    daemon.create_from_gguf("shared-b", tiny_gguf, system="B")
-    model_blob = daemon.models_dir / "blobs" / ("sha256-" + hashlib.sha256(tiny_gguf.read_bytes()).hexdigest())
+def test_rm_keeps_blobs_used_by_another_model(daemon, tmp_path):
+    gguf = write_tiny_gguf(tmp_path / "own.gguf", seed=7)  # a blob no other test's model shares
+    daemon.create_from_gguf("shared-a", gguf, system="A")
+    daemon.create_from_gguf("shared-b", gguf, system="B")
+    model_blob = daemon.models_dir / "blobs" / ("sha256-" + hashlib.sha256(gguf.read_bytes()).hexdigest())
     assert daemon.request("DELETE", "/api/delete", {"model": "shared-a"})[0] == 200
     assert model_blob.exists()
     status, body = daemon.post("/api/show", {"model": "shared-b"})

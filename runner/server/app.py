@@ -14,7 +14,7 @@ from registry import Store
 from .. import __version__
 from ..config import Settings
 from ..scheduler import Scheduler
-from . import generate, models_api, openai
+from . import anthropic, generate, models_api, openai, responses
 from .http import ApiError, dumps
 
 log = logging.getLogger("lm.server")
@@ -59,6 +59,8 @@ def make_app(settings: Settings) -> web.Application:
     models_api.add_routes(app)
     generate.add_routes(app)
     openai.add_routes(app)
+    responses.add_routes(app)
+    anthropic.add_routes(app)
 
     async def on_startup(app: web.Application) -> None:
         if not settings.noprune:

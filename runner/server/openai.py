@@ -97,7 +97,7 @@ def _text_content(content) -> str:
     if isinstance(content, list):
         texts = []
         for part in content:
-            if not isinstance(part, dict) or part.get("type") not in ("text", "input_text"):
+            if not isinstance(part, dict) or part.get("type") not in ("text", "input_text", "output_text"):
                 raise _bad("only text content parts are supported", "messages")
             texts.append(str(part.get("text", "")))
         return "".join(texts)

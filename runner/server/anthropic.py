@@ -1,0 +1,169 @@
+"""Anthropic Messages API (/v1/messages), as newer Ollama offers."""
+
+from __future__ import annotations
+
+import functools
+import json
+import secrets
+from contextlib import aclosing
+
+from aiohttp import web
+
+from .generate import chunks, prepare_chat
+from .http import ApiError, dumps, read_json
+
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+                503: "overloaded_error"}
+
+
+def _error(status: int, message: str) -> web.Response:
+    body = {"type": "error", "error": {"type": _ERROR_TYPES.get(status, "api_error"), "message": message}}
+    return web.Response(status=status, body=dumps(body), content_type="application/json")
+
+
+def anthropic_errors(handler):
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request):
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return _error(exc.status, exc.message)
+
+    return wrapped
+
+
+def _bad(message: str) -> ApiError:
+    return ApiError(400, message)
+
+
+def _blocks_text(content) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise _bad("content must be a string or a list of content blocks")
+    return "".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
+
+
+def _messages(body: dict) -> list[dict]:
+    out = []
+    system = body.get("system")
+    if system:
+        out.append({"role": "system", "content": _blocks_text(system)})
+    raw = body.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise _bad("messages: must be a non-empty list")
+    names: dict[str, str] = {}
+    for m in raw:
+        if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
+            raise _bad("messages: each message needs a role, user or assistant")
+        content = m.get("content")
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        if not isinstance(blocks, list):
+            raise _bad("messages: content must be a string or a list of content blocks")
+        text, calls = [], []
+        for b in blocks:
+            kind = b.get("type") if isinstance(b, dict) else None
+            if kind == "text":
+                text.append(str(b.get("text", "")))
+            elif kind == "tool_use":
+                names[b.get("id", "")] = b.get("name", "")
+                calls.append({"function": {"name": b.get("name", ""), "arguments": b.get("input") or {}}})
+            elif kind == "tool_result":
+                out.append({"role": "tool", "content": _blocks_text(b.get("content", "")),
+                            "tool_name": names.get(b.get("tool_use_id", ""), "")})
+            else:
+                raise _bad(f"messages: unsupported content block type {kind!r}")
+        if text or calls:
+            msg = {"role": m["role"], "content": "".join(text)}
+            if calls:
+                msg["tool_calls"] = calls
+            out.append(msg)
+    return out
+
+
+def _options(body: dict) -> dict:
+    max_tokens = body.get("max_tokens")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise _bad("max_tokens: a positive integer is required")
+    opts = {"num_predict": max_tokens}
+    for key in ("temperature", "top_p", "top_k"):
+        if body.get(key) is not None:
+            opts[key] = body[key]
+    stops = body.get("stop_sequences")
+    if stops is not None:
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise _bad("stop_sequences: must be a list of strings")
+        opts["stop"] = stops
+    return opts
+
+
+def _tools(body: dict) -> list[dict] | None:
+    tools = body.get("tools")
+    if not tools:
+        return None
+    return [{"type": "function", "function": {"name": t.get("name"), "description": t.get("description", ""),
+                                              "parameters": t.get("input_schema") or {}}} for t in tools]
+
+
+@anthropic_errors
+async def messages(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("model: field required")
+    native = {"model": model, "messages": _messages(body), "options": _options(body), "stream": True}
+    if (tools := _tools(body)) is not None:
+        native["tools"] = tools
+    prep = await prepare_chat(request, native)
+    mid = f"msg_{secrets.token_hex(12)}"
+    message = {"id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
+               "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}
+    out = web.StreamResponse(headers={"Content-Type": "text/event-stream"}) if body.get("stream") else None
+
+    async def event(kind: str, **payload) -> None:
+        if not out.prepared:
+            await out.prepare(request)
+        await out.write(f"event: {kind}\ndata: ".encode() + dumps({"type": kind, **payload}) + b"\n\n")
+
+    if out:
+        await event("message_start", message=message)
+        await event("content_block_start", index=0, content_block={"type": "text", "text": ""})
+    text, calls, final = [], [], {}
+    async with aclosing(chunks(prep)) as pieces:
+        async for obj in pieces:
+            if "error" in obj:
+                if out:
+                    await event("error", error={"type": "api_error", "message": obj["error"]})
+                    await out.write_eof()
+                    return out
+                raise ApiError(500, obj["error"])
+            msg = obj.get("message", {})
+            if obj.get("done"):
+                final = obj
+            if msg.get("content"):
+                text.append(msg["content"])
+                if out:
+                    await event("content_block_delta", index=0, delta={"type": "text_delta", "text": msg["content"]})
+            calls += msg.get("tool_calls") or []
+    stop_reason = "tool_use" if calls else "max_tokens" if final.get("done_reason") == "length" else "end_turn"
+    tool_blocks = [{"type": "tool_use", "id": f"toolu_{secrets.token_hex(12)}", "name": c["function"]["name"],
+                    "input": c["function"].get("arguments") or {}} for c in calls]
+    usage = {"input_tokens": final.get("prompt_eval_count", 0), "output_tokens": final.get("eval_count", 0)}
+    if not out:
+        content = ([{"type": "text", "text": "".join(text)}] if text or not calls else []) + tool_blocks
+        return web.json_response({**message, "content": content, "stop_reason": stop_reason, "usage": usage})
+    await event("content_block_stop", index=0)
+    for i, block in enumerate(tool_blocks, start=1):
+        await event("content_block_start", index=i, content_block={**block, "input": {}})
+        await event("content_block_delta", index=i,
+                    delta={"type": "input_json_delta", "partial_json": json.dumps(block["input"])})
+        await event("content_block_stop", index=i)
+    await event("message_delta", delta={"stop_reason": stop_reason, "stop_sequence": None},
+                usage={"output_tokens": usage["output_tokens"]})
+    await event("message_stop")
+    await out.write_eof()
+    return out
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_route("POST", "/v1/messages", messages)
