@@ -35,10 +35,3 @@ def chat_prompt(cfg: ModelConfig, messages: list[dict], *, template: str | None 
     except TemplateError as exc:
         raise PromptError(f"template error: {exc}") from None
     return "\n\n".join(m.get("content", "") for m in msgs)
-
-
-def generate_prompt(cfg: ModelConfig, prompt: str, *, system: str | None, template: str | None,
-                    suffix: str | None, raw: bool) -> str:
-    if raw:
-        return prompt
-    return chat_prompt(cfg, [{"role": "user", "content": prompt}], template=template, system=system, suffix=suffix)

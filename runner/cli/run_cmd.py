@@ -28,7 +28,9 @@ SET_HELP = """Available Commands:
   /set verbose           Show LLM stats
   /set quiet             Disable LLM stats
   /set wordwrap          Enable wordwrap
-  /set nowordwrap        Disable wordwrap"""
+  /set nowordwrap        Disable wordwrap
+  /set think             Enable thinking
+  /set nothink           Disable thinking"""
 
 
 @dataclass
@@ -37,7 +39,7 @@ class RunOptions:
     keepalive: str | None = None
     format: str | None = None
     wordwrap: bool = True
-    think: bool | None = None
+    think: bool | str | None = None
     hidethinking: bool = False
     options: dict = field(default_factory=dict)
     system: str | None = None
@@ -106,6 +108,52 @@ def print_stats(final: dict) -> None:
     sys.stderr.write("\n".join(lines) + "\n")
 
 
+GREY, BOLD, DEFAULT = "\033[38;5;245m", "\033[1m", "\033[0m"
+
+
+class _Thinking:
+    """Shows thinking as Ollama's CLI does: under a "Thinking..." header, greyed on a terminal, closed by
+    "...done thinking." when the answer proper starts; --hidethinking shows none of it."""
+
+    def __init__(self, opts: RunOptions):
+        self.hidden = opts.hidethinking
+        self.color = sys.stdout.isatty()
+        self.open = False
+        self.text = ""
+
+    def _write(self, plain: str, styled: str) -> None:
+        sys.stdout.write(styled if self.color else plain)
+        sys.stdout.flush()
+
+    def show(self, out: "_Wrapper", thinking: str) -> None:
+        if not thinking or self.hidden:
+            return
+        if not self.open:
+            self._write("Thinking...\n", GREY + BOLD + "Thinking...\n" + DEFAULT + GREY)
+            self.open = True
+        self.text += thinking
+        out.write(thinking)
+
+    def close(self, out: "_Wrapper") -> bool:
+        """Ends the thinking block if one is open; True when it did (the caller starts a fresh line state)."""
+        if not self.open:
+            return False
+        out.close()
+        if not self.text.endswith("\n"):
+            sys.stdout.write("\n")
+        self._write("...done thinking.\n\n", GREY + BOLD + "...done thinking.\n\n" + DEFAULT)
+        self.open = False
+        return True
+
+
+def _tool_calls_text(calls: list[dict], color: bool) -> str:
+    # The CLI registers no tools, so any call is to a function that does not exist (Ollama's wording).
+    grey, plain = (GREY + BOLD, DEFAULT) if color else ("", "")
+    lines = [f"  Model called a non-existent function '{plain}{c['function']['name']}{grey}()' with arguments: "
+             f"{plain}{json.dumps(c['function'].get('arguments', {}))}{grey}" for c in calls]
+    return grey + "\n".join(lines) + (DEFAULT if color else "")
+
+
 def _chat_once(client: Client, model: str, messages: list[dict], opts: RunOptions) -> str:
     body: dict = {"model": model, "messages": messages, "stream": True}
     if opts.options:
@@ -117,21 +165,29 @@ def _chat_once(client: Client, model: str, messages: list[dict], opts: RunOption
     if opts.think is not None:
         body["think"] = opts.think
     out = _Wrapper(opts.wordwrap)
+    thinking = _Thinking(opts)
     reply = []
     final = {}
     try:
         for chunk in client.stream("/api/chat", body):
             msg = chunk.get("message", {})
-            if msg.get("thinking") and not opts.hidethinking:
-                out.write(msg["thinking"])
+            thinking.show(out, msg.get("thinking", ""))
+            if (msg.get("content") or msg.get("tool_calls")) and thinking.close(out):
+                out = _Wrapper(opts.wordwrap)
             if msg.get("content"):
                 reply.append(msg["content"])
                 out.write(msg["content"])
+            if msg.get("tool_calls"):
+                out.close()
+                sys.stdout.write(_tool_calls_text(msg["tool_calls"], thinking.color) + "\n")
             if chunk.get("done"):
                 final = chunk
     finally:
         out.close()
-    sys.stdout.write("\n" if reply and not "".join(reply).endswith("\n") else "")
+        if thinking.open and thinking.color:
+            sys.stdout.write(DEFAULT)  # the answer ended while thinking: leave the terminal's colour as it was
+    shown = "".join(reply) or (thinking.text if thinking.open else "")
+    sys.stdout.write("\n" if shown and not shown.endswith("\n") else "")
     sys.stdout.write("\n" if sys.stdout.isatty() else "")
     if opts.verbose and final:
         print_stats(final)
@@ -263,6 +319,12 @@ class Repl:
         elif what in ("wordwrap", "nowordwrap"):
             self.opts.wordwrap = what == "wordwrap"
             print(f"Set '{what}' mode.")
+        elif what == "think":
+            self.opts.think = args[2] if len(args) > 2 else True  # a level; the server checks it
+            print(f"Set 'think' mode to '{args[2]}'." if len(args) > 2 else "Set 'think' mode.")
+        elif what == "nothink":
+            self.opts.think = False
+            print("Set 'nothink' mode.")
         elif what == "format" and len(args) > 2:
             self.opts.format = args[2]
             print(f"Set format to '{args[2]}' mode.")

@@ -13,11 +13,13 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from modelfiles import OptionError, validate_options
+from modelfiles.gotemplate import go_quote
 
+from ..chat_output import THINK_LEVELS, ChatOutputParser, Delta, think_enabled
 from ..config import parse_duration
 from ..memory import processor_label
 from ..model_config import ModelConfig, ModelNotFound, load_model_config
-from ..prompt import PromptError, chat_prompt, generate_prompt
+from ..prompt import PromptError, chat_prompt
 from ..runner_process import RunnerError
 from ..scheduler import LoadedModel, Scheduler, ServerBusy
 from .grammar import grammar_for_format
@@ -134,6 +136,23 @@ class Prepared:
     chat: bool
     context: list[int] | None = None
     load_only: dict | None = None  # the whole answer when the request only loads or unloads
+    think: bool | str | None = None  # the request's think after Ollama's defaulting (see _think)
+    tools: list | None = None
+
+
+def _think(body: dict, cfg: ModelConfig) -> bool | str | None:
+    """The request's think, checked as Ollama's ThinkValue is; a thinking model thinks unless told not to."""
+    value = body.get("think")
+    if isinstance(value, str) and value not in THINK_LEVELS:
+        raise bad_request(f'invalid think value: {go_quote(value)} (must be "high", "medium", "low", "max", true, '
+                          'or false)')
+    if value is not None and not isinstance(value, (bool, str)):
+        raise bad_request('think must be a boolean or string ("high", "medium", "low", "max", true, or false)')
+    if "thinking" in cfg.capabilities:
+        return True if value is None else value
+    if think_enabled(value):
+        raise bad_request(f"{go_quote(str(body.get('model') or body.get('name')))} does not support thinking")
+    return value
 
 
 async def prepare_generate(request: web.Request, body: dict) -> Prepared:
@@ -143,16 +162,23 @@ async def prepare_generate(request: web.Request, body: dict) -> Prepared:
     prompt = field(body, "prompt", str, "")
     suffix = field(body, "suffix", str)
     context = field(body, "context", list)
+    system, template = field(body, "system", str), field(body, "template", str)
+    raw = field(body, "raw", bool, False)
+    if raw and (template or system or context):
+        raise bad_request("raw mode does not support template, system, or context")
+    think = _think(body, cfg)
     if not prompt and not suffix and not context:
         return Prepared(request, body, cfg, "", False, load_only=await _load_only(request, cfg, body, chat=False))
     try:
-        text = generate_prompt(cfg, prompt, system=field(body, "system", str), template=field(body, "template", str),
-                               suffix=suffix, raw=field(body, "raw", bool, False))
+        # Raw: the prompt as given, no template. Otherwise one user turn through the chat template,
+        # which also sees .Think (as Ollama's generate gives it).
+        text = prompt if raw else chat_prompt(cfg, [{"role": "user", "content": prompt}], template=template,
+                                              system=system, suffix=suffix, think=think)
     except PromptError as exc:
         raise bad_request(str(exc)) from None
     if context and not all(isinstance(t, int) and not isinstance(t, bool) for t in context):
         raise bad_request("context must be a list of token ids")
-    return Prepared(request, body, cfg, text, False, context=context)
+    return Prepared(request, body, cfg, text, False, context=context, think=think)
 
 
 def _check_messages(messages: list) -> list[dict]:
@@ -169,13 +195,17 @@ async def prepare_chat(request: web.Request, body: dict) -> Prepared:
     if "completion" not in cfg.capabilities:
         raise bad_request(f"\"{cfg.display}\" does not support chat")
     messages = _check_messages(field(body, "messages", list, []))
+    tools = field(body, "tools", list)
+    think = _think(body, cfg)
+    if tools and "tools" not in cfg.capabilities:
+        raise bad_request(f"{cfg.stored.name} does not support tools")  # Ollama names the model in full here
     if not messages:
         return Prepared(request, body, cfg, "", True, load_only=await _load_only(request, cfg, body, chat=True))
     try:
-        text = chat_prompt(cfg, messages, tools=field(body, "tools", list), think=body.get("think"))
+        text = chat_prompt(cfg, messages, tools=tools, think=think)
     except PromptError as exc:
         raise bad_request(str(exc)) from None
-    return Prepared(request, body, cfg, text, True)
+    return Prepared(request, body, cfg, text, True, think=think, tools=tools)
 
 
 async def chunks(prep: Prepared) -> AsyncIterator[dict]:
@@ -190,12 +220,25 @@ async def chunks(prep: Prepared) -> AsyncIterator[dict]:
     if grammar:
         options["grammar"] = grammar
     model = body.get("model")
+    # Thinking and tool calls are split out of the text here, so every API built on `chunks` gets them.
+    # Generate parses with the model's template even when the request brings its own, as Ollama does.
+    # A grammar makes the whole answer JSON, so no think block can be in it (even where the prompt opened
+    # one); Ollama instead lets the model think unconstrained first, then restarts with the grammar.
+    parser = ChatOutputParser(cfg.template, tools=prep.tools if prep.chat else None,
+                              think=None if grammar else prep.think, prompt=prep.prompt)
 
-    def chunk(text: str) -> dict:
+    def chunk(delta: Delta) -> dict:
         if prep.chat:
-            return {"model": model, "created_at": now_iso(), "message": {"role": "assistant", "content": text},
-                    "done": False}
-        return {"model": model, "created_at": now_iso(), "response": text, "done": False}
+            message = {"role": "assistant", "content": delta.content}
+            if delta.thinking:
+                message["thinking"] = delta.thinking
+            if delta.tool_calls:
+                message["tool_calls"] = delta.tool_calls
+            return {"model": model, "created_at": now_iso(), "message": message, "done": False}
+        out = {"model": model, "created_at": now_iso(), "response": delta.content}
+        if delta.thinking:
+            out["thinking"] = delta.thinking
+        return {**out, "done": False}
 
     started = False
     async with Inference(prep.request, cfg, options, _keep_alive(body)) as inf:
@@ -204,15 +247,15 @@ async def chunks(prep: Prepared) -> AsyncIterator[dict]:
             async for obj in inf.stream(prep.prompt, prep.context):
                 if obj.get("done"):
                     final = obj
-                else:
+                elif delta := parser.feed(obj["content"]):  # empty while the parser holds text back
                     started = True
-                    yield chunk(obj["content"])
+                    yield chunk(delta)
         except RunnerError as exc:
             if started:
                 yield {"error": str(exc)}
                 return
             raise ApiError(500, str(exc)) from None
-    last = chunk("")
+    last = chunk(parser.finish())
     last.update(done=True, done_reason=final.get("done_reason") or "stop", **inf.stats(final))
     if not prep.chat:
         last["context"] = final.get("context", [])
@@ -231,18 +274,27 @@ async def respond(prep: Prepared) -> web.StreamResponse:
             async for obj in stream:
                 await out.send(obj)
         return await out.finish()
+    # Merged as Ollama merges: text and thinking joined, tool calls gathered, the last chunk's stats.
+    key = "content" if prep.chat else "response"
     pieces: list[str] = []
+    thinking: list[str] = []
+    tool_calls: list[dict] = []
     last: dict = {}
     async with aclosing(chunks(prep)) as stream:
         async for obj in stream:
             if "error" in obj:
                 raise ApiError(500, obj["error"])
-            pieces.append(obj["message"]["content"] if prep.chat else obj["response"])
+            out = obj["message"] if prep.chat else obj
+            pieces.append(out[key])
+            thinking.append(out.get("thinking", ""))
+            tool_calls.extend(out.get("tool_calls", []))
             last = obj
-    if prep.chat:
-        last["message"]["content"] = "".join(pieces)
-    else:
-        last["response"] = "".join(pieces)
+    out = last["message"] if prep.chat else last
+    out[key] = "".join(pieces)
+    if any(thinking):
+        out["thinking"] = "".join(thinking)
+    if tool_calls:
+        out["tool_calls"] = tool_calls
     return web.Response(body=dumps(last), content_type="application/json")
 
 

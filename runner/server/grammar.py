@@ -16,7 +16,10 @@ def grammar_for_format(fmt) -> str | None:
         return JSON_GBNF
     if isinstance(fmt, dict):
         try:
-            return json_schema_to_gbnf(json.dumps(fmt))
+            grammar = json_schema_to_gbnf(json.dumps(fmt))
         except Exception as exc:  # the converter raises assorted errors on schemas it cannot express
             raise bad_request(f"invalid JSON schema in format: {exc}") from None
+        # The converter lets raw control characters into strings (a newline, seen with smollm2);
+        # JSON forbids them, so the string character class excludes them as llama.cpp's own does.
+        return grammar.replace(r'char ::= [^"\\]', r'char ::= [^"\\\x7F\x00-\x1F]')
     raise bad_request('invalid format: expected "json" or a JSON schema object')
