@@ -165,8 +165,9 @@ def test_cli_run_one_shot_and_piped(daemon, smollm2):
     assert "eval rate" in r.stderr
     r = daemon.cli("run", smollm2, input="Why is the sky blue?")  # piped stdin is the prompt
     assert r.returncode == 0 and any(w in r.stdout.lower() for w in ("scatter", "light", "sun", "atmosphere"))
-    r = daemon.cli("run", "no-such-model", "hi")
-    assert r.returncode != 0 and "not found" in r.stderr
+    # A model not in the store is pulled first; from a registry that is not there, that fails clearly.
+    r = daemon.cli("run", "127.0.0.1:9/me/no-such-model", "hi", "--insecure")
+    assert r.returncode != 0 and r.stderr.startswith("Error:") and r.stderr.strip().count("\n") == 0
 
 
 def _run_in_tty(daemon, args: list[str], lines: list[str], timeout: float = 120) -> str:

@@ -107,6 +107,30 @@ def show(name: str,
         print_show(info, verbose)
 
 
+@app.command()
+def pull(name: str, insecure: bool = typer.Option(False, "--insecure", help="Use an insecure registry")) -> None:
+    """Pull a model from a registry (or hf.co/<user>/<repo>[:quant] from Hugging Face)."""
+    from .pull_cmd import run_pull
+
+    client = connect()
+    try:
+        run_pull(client, name, insecure)
+    except ClientError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def push(name: str, insecure: bool = typer.Option(False, "--insecure", help="Use an insecure registry")) -> None:
+    """Push a model to a registry."""
+    from .pull_cmd import run_push
+
+    client = connect()
+    try:
+        run_push(client, name, insecure)
+    except ClientError as exc:
+        fail(str(exc))
+
+
 @app.command("cp")
 def copy(source: str, destination: str) -> None:
     """Copy a model."""
@@ -167,6 +191,7 @@ def run(name: str, prompt: Optional[list[str]] = typer.Argument(None),
         hidethinking: bool = typer.Option(False, "--hidethinking", help="Hide thinking output"),
         insecure: bool = typer.Option(False, "--insecure", help="Use an insecure registry")) -> None:
     """Run a model: answer PROMPT, or chat interactively without one."""
+    from .pull_cmd import pull_if_missing
     from .run_cmd import RunOptions, run_model
 
     client = connect()
@@ -177,6 +202,7 @@ def run(name: str, prompt: Optional[list[str]] = typer.Argument(None),
         piped = sys.stdin.read()
         text = f"{text}\n{piped}".strip() if text else piped
     try:
+        pull_if_missing(client, name, insecure)  # as Ollama: a model not in the store is pulled first
         run_model(client, name, text or None, opts)
     except ClientError as exc:
         fail(str(exc))

@@ -14,7 +14,7 @@ from registry import Store
 from .. import __version__
 from ..config import Settings
 from ..scheduler import Scheduler
-from . import anthropic, generate, models_api, openai, responses
+from . import anthropic, generate, models_api, openai, registry_api, responses
 from .http import ApiError, dumps
 
 log = logging.getLogger("lm.server")
@@ -61,6 +61,7 @@ def make_app(settings: Settings) -> web.Application:
     openai.add_routes(app)
     responses.add_routes(app)
     anthropic.add_routes(app)
+    registry_api.add_routes(app)
 
     async def on_startup(app: web.Application) -> None:
         if not settings.noprune:
