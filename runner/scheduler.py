@@ -190,8 +190,16 @@ class Scheduler:
                 await self._unload(lm)
         return True
 
-    async def reap_if_dead(self, lm: LoadedModel) -> None:
-        """After a runner error: forget a dead runner so the next request loads the model again."""
+    async def reap_if_dead(self, lm: LoadedModel, *, failed: bool = False) -> None:
+        """After a runner error: forget a dead runner so the next request loads the model again.
+
+        `failed`: the request saw the runner break. Its exit status reaches asyncio a moment after the
+        broken stream, so wait briefly for it; else the next request could be sent to the dead runner."""
+        if failed and lm.proc.alive:
+            try:
+                await asyncio.wait_for(lm.proc.proc.wait(), timeout=2)
+            except asyncio.TimeoutError:
+                pass
         if not lm.proc.alive and self.loaded.get(lm.key) is lm:
             del self.loaded[lm.key]
             await lm.proc.stop()

@@ -70,6 +70,7 @@ class Inference:
         self.t0 = time.perf_counter()
         self.load_duration = 0.0
         self.lm: LoadedModel | None = None
+        self.failed = False  # set when the runner broke during this request
 
     async def __aenter__(self) -> "Inference":
         before = self.scheduler.loaded.get(self.cfg.key)
@@ -86,7 +87,7 @@ class Inference:
     async def __aexit__(self, *exc) -> None:
         if self.lm is not None:
             self.scheduler.release(self.lm)
-            await self.scheduler.reap_if_dead(self.lm)
+            await self.scheduler.reap_if_dead(self.lm, failed=self.failed or exc[0] is not None)
             if self.lm.keep_alive == 0 and self.lm.active == 0:
                 await self.scheduler.unload(self.lm.key)
 
@@ -251,6 +252,7 @@ async def chunks(prep: Prepared) -> AsyncIterator[dict]:
                     started = True
                     yield chunk(delta)
         except RunnerError as exc:
+            inf.failed = True
             if started:
                 yield {"error": str(exc)}
                 return
