@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import secrets
 from contextlib import aclosing
@@ -10,26 +9,17 @@ from contextlib import aclosing
 from aiohttp import web
 
 from .generate import chunks, prepare_chat
-from .http import ApiError, dumps, read_json
+from .http import ApiError, dumps, errors_as, read_json
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
                 503: "overloaded_error"}
 
 
-def _error(status: int, message: str) -> web.Response:
-    body = {"type": "error", "error": {"type": _ERROR_TYPES.get(status, "api_error"), "message": message}}
-    return web.Response(status=status, body=dumps(body), content_type="application/json")
+def _error_shape(exc: ApiError) -> dict:
+    return {"type": "error", "error": {"type": _ERROR_TYPES.get(exc.status, "api_error"), "message": exc.message}}
 
 
-def anthropic_errors(handler):
-    @functools.wraps(handler)
-    async def wrapped(request: web.Request):
-        try:
-            return await handler(request)
-        except ApiError as exc:
-            return _error(exc.status, exc.message)
-
-    return wrapped
+anthropic_errors = errors_as(_error_shape)
 
 
 def _bad(message: str) -> ApiError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -15,6 +16,22 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def errors_as(shape):
+    """Decorator for routes of another API's dialect: an ApiError answered as `shape(exc)` (a JSON object)."""
+
+    def decorate(handler):
+        @functools.wraps(handler)
+        async def wrapped(request: web.Request):
+            try:
+                return await handler(request)
+            except ApiError as exc:
+                return web.Response(status=exc.status, body=dumps(shape(exc)), content_type="application/json")
+
+        return wrapped
+
+    return decorate
 
 
 def bad_request(message: str) -> ApiError:

@@ -6,7 +6,6 @@ Chat and completions run through the same `prepare_*` + `chunks` path as /api/ch
 
 from __future__ import annotations
 
-import functools
 import json
 import secrets
 import time
@@ -15,28 +14,18 @@ from contextlib import aclosing
 from aiohttp import web
 
 from .generate import chunks, prepare_chat, prepare_generate
-from .http import ApiError, dumps, read_json
+from .http import ApiError, dumps, errors_as, read_json
 from .models_api import parse_name
 
 
-def _error(status: int, message: str, param: str | None = None) -> web.Response:
+def _error_shape(exc: ApiError) -> dict:
     kind = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-            503: "server_error"}.get(status, "api_error")
-    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
-    return web.Response(status=status, body=dumps(body), content_type="application/json")
+            503: "server_error"}.get(exc.status, "api_error")
+    return {"error": {"message": exc.message, "type": kind, "param": getattr(exc, "param", None), "code": None}}
 
 
-def openai_errors(handler):
-    """Errors in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
-
-    @functools.wraps(handler)
-    async def wrapped(request: web.Request):
-        try:
-            return await handler(request)
-        except ApiError as exc:
-            return _error(exc.status, exc.message, getattr(exc, "param", None))
-
-    return wrapped
+# Errors in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
+openai_errors = errors_as(_error_shape)
 
 
 def _bad(message: str, param: str | None = None) -> ApiError:
