@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -122,6 +123,7 @@ class BlobWriter:
             # is a leftover of a torn write (not ours) and is replaced.
             if final.is_file() and final.stat().st_size == self.bytes_written:
                 self._discard()
+                os.utime(final)  # freshly wanted: the startup prune's grace counts from now
             else:
                 os.chmod(self._path, 0o644)
                 os.replace(self._path, final)
@@ -162,6 +164,9 @@ class Store:
         self.manifests_dir = self.root / "manifests"
         self.blobs_dir.mkdir(parents=True, exist_ok=True)
         self.manifests_dir.mkdir(parents=True, exist_ok=True)
+        # Serialises "which blobs are referenced" decisions (delete, prune) with manifest writes, so a
+        # delete never removes a blob that a create committed and is about to reference.
+        self._references = threading.RLock()
 
     # ---- blobs
 
@@ -258,10 +263,19 @@ class Store:
             directory = self._child_ignoring_case(directory, part) or directory / part
         directory.mkdir(parents=True, exist_ok=True)
         final = self._child_ignoring_case(directory, name.tag) or directory / name.tag
+        with self._references:
+            missing = [d for d in sorted(manifest.digests()) if not self.has_blob(d)]
+            if missing:
+                raise StoreError(f"blob {missing[0]} is missing (removed while {name.display} was being written);"
+                                 " try again")
+            self._write_file(directory, final, manifest.to_bytes())
+
+    @staticmethod
+    def _write_file(directory: Path, final: Path, data: bytes) -> None:
         tmp, f = _open_temp(directory)
         try:
             with f:
-                f.write(manifest.to_bytes())
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
                 os.chmod(tmp, 0o644)
@@ -275,16 +289,17 @@ class Store:
         stored = self.find(name)
         if stored is None:
             return False
-        stored.path.unlink()
-        self._prune_empty_dirs(stored.path.parent)
-        try:
-            still_used = self.referenced_digests(strict=True)
-        except StoreError as exc:
-            # Unknown references: keeping blobs wastes disk, deleting them could break a model.
-            log.warning("not removing blobs of %s: %s", name.display, exc)
-            return True
-        for digest in stored.manifest.digests() - still_used:
-            _unlink_quietly(self.blob_path(digest))
+        with self._references:
+            stored.path.unlink()
+            self._prune_empty_dirs(stored.path.parent)
+            try:
+                still_used = self.referenced_digests(strict=True)
+            except StoreError as exc:
+                # Unknown references: keeping blobs wastes disk, deleting them could break a model.
+                log.warning("not removing blobs of %s: %s", name.display, exc)
+                return True
+            for digest in stored.manifest.digests() - still_used:
+                _unlink_quietly(self.blob_path(digest))
         return True
 
     def _prune_empty_dirs(self, directory: Path) -> None:
@@ -327,6 +342,33 @@ class Store:
         return used
 
     # ---- startup
+
+    def prune_unreferenced_blobs(self, grace_s: float) -> list[Path]:
+        """Blobs no manifest names and not modified for `grace_s` seconds (left by a create or delete that
+        died half way). Younger ones are kept: an upload may be waiting for its /api/create, or another
+        process sharing the store may be writing. Nothing is removed when any manifest is unreadable."""
+        removed = []
+        with self._references:
+            try:
+                used = self.referenced_digests(strict=True)
+            except StoreError as exc:
+                log.warning("not pruning blobs: %s", exc)
+                return []
+            now = time.time()
+            for path in self.blobs_dir.iterdir():
+                name = path.name
+                if not name.startswith("sha256-") or len(name) != 71 or not all(c in "0123456789abcdef" for c in name[7:]):
+                    continue  # temp files and names we do not own
+                if "sha256:" + name[7:] in used:
+                    continue
+                try:
+                    if now - path.stat().st_mtime < grace_s or not path.is_file():
+                        continue
+                    path.unlink()
+                    removed.append(path)
+                except FileNotFoundError:
+                    continue
+        return removed
 
     def cleanup(self) -> list[Path]:
         """Remove temp files that crashed writers left behind; never a blob or a live temp."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import platformdirs
@@ -33,8 +34,51 @@ def env_bool(name: str) -> bool:
     return (env(name) or "").strip().lower() in ("1", "true", "yes", "on")
 
 
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*\Z", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
+               "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+
+
+def parse_size(value: str) -> int:
+    """Bytes from "1048576", "32MiB", "32MB", "1.5g". Raises ValueError."""
+    m = _SIZE.match(str(value))
+    if not m:
+        raise ValueError(f"invalid size {value!r}")
+    unit = (m.group(2) or "").lower().rstrip("b")
+    if unit not in _SIZE_UNITS:
+        raise ValueError(f"invalid size {value!r}")
+    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+
+
+def env_size(name: str, default: int) -> int:
+    value = env(name)
+    try:
+        return parse_size(value) if value is not None else default
+    except ValueError:
+        raise SystemExit(f"Error: LM_{name} must be a size in bytes (e.g. 32MiB), got {value!r}") from None
+
+
+def env_duration(name: str, default: str) -> float:
+    value = env(name, default)
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise SystemExit(f"Error: LM_{name} must be a duration (e.g. 10s, 5m), got {value!r}") from None
+
+
+def env_list(name: str) -> tuple[str, ...]:
+    """A comma-separated setting, spaces and quotes trimmed, empty items dropped."""
+    return tuple(item.strip().strip("\"'").strip() for item in (env(name) or "").split(",")
+                 if item.strip().strip("\"'").strip())
+
+
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+# Durations are clamped to about 300 years: longer is "forever" for every use here, and the clamp keeps
+# expiry times representable as dates.
+MAX_DURATION_S = 1e10
 
 
 def parse_duration(value) -> float:
@@ -42,18 +86,21 @@ def parse_duration(value) -> float:
     if isinstance(value, bool):
         raise ValueError(f"invalid duration {value!r}")
     if isinstance(value, (int, float)):
-        return float(value)
-    text = str(value).strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    sign = -1.0 if text.startswith("-") else 1.0
-    body = text.lstrip("+-")
-    parts = _DURATION_PART.findall(body)
-    if not body or "".join(n + u for n, u in parts) != body:
+        seconds = float(value)
+    else:
+        text = str(value).strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            sign = -1.0 if text.startswith("-") else 1.0
+            body = text.lstrip("+-")
+            parts = _DURATION_PART.findall(body)
+            if not body or "".join(n + u for n, u in parts) != body:
+                raise ValueError(f"invalid duration {value!r}") from None
+            seconds = sign * sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    if math.isnan(seconds):
         raise ValueError(f"invalid duration {value!r}")
-    return sign * sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    return max(-MAX_DURATION_S, min(MAX_DURATION_S, seconds))
 
 
 def parse_host(value: str | None) -> tuple[str, int, str]:
@@ -90,6 +137,20 @@ class Settings:
     load_timeout: float
     debug: bool
     noprune: bool
+    # Security, limits and operations (docs/security.md, docs/operations.md). Defaults keep a bare
+    # `Settings(...)` usable in code that predates them.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # LM_API_KEYS: comma-separated bearer tokens; empty = no auth
+    api_keys_file: Path | None = None  # LM_API_KEYS_FILE: one token per line (re-read when it changes)
+    origins: tuple[str, ...] = ()  # LM_ORIGINS: extra CORS origins (the local defaults always apply)
+    max_body: int = 32 * 1024 * 1024  # LM_MAX_BODY: largest JSON request body (blob uploads excepted)
+    max_json_depth: int = 64  # LM_MAX_JSON_DEPTH: deepest nesting of objects/arrays in a request body
+    max_context: int = 1 << 20  # LM_MAX_CONTEXT: largest num_ctx a request may ask for
+    max_predict: int = 0  # LM_MAX_PREDICT: most tokens one request may generate (0: no cap)
+    max_messages: int = 4096  # LM_MAX_MESSAGES: most messages (or input items) in one request
+    max_batch: int = 2048  # LM_MAX_BATCH: most inputs in one embedding request
+    shutdown_timeout: float = 10.0  # LM_SHUTDOWN_TIMEOUT: grace for in-flight requests on SIGTERM
+    prune_grace: float = 3600.0  # LM_PRUNE_GRACE: unreferenced blobs younger than this are kept
+    log_format: str = "text"  # LM_LOG_FORMAT: text or json
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -109,7 +170,23 @@ class Settings:
             load_timeout=parse_duration(env("LOAD_TIMEOUT", "5m")),
             debug=env_bool("DEBUG"),
             noprune=env_bool("NOPRUNE"),
+            api_keys=env_list("API_KEYS"),
+            api_keys_file=Path(env("API_KEYS_FILE")).expanduser() if env("API_KEYS_FILE") else None,
+            origins=env_list("ORIGINS"),
+            max_body=env_size("MAX_BODY", 32 * 1024 * 1024),
+            max_json_depth=env_int("MAX_JSON_DEPTH", 64),
+            max_context=env_int("MAX_CONTEXT", 1 << 20),
+            max_predict=env_int("MAX_PREDICT", 0),
+            max_messages=env_int("MAX_MESSAGES", 4096),
+            max_batch=env_int("MAX_BATCH", 2048),
+            shutdown_timeout=env_duration("SHUTDOWN_TIMEOUT", "10s"),
+            prune_grace=env_duration("PRUNE_GRACE", "1h"),
+            log_format=(env("LOG_FORMAT", "text") or "text").strip().lower(),
         )
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys or self.api_keys_file)
 
 
 def client_base_url() -> str:

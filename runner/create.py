@@ -2,13 +2,22 @@
 
 Every layer is written as a blob first, the manifest last: a failure at any step leaves no model
 under the new name and no half-written file (blobs are written atomically by the store).
+
+`files` is either one GGUF, or a safetensors checkpoint (`model*.safetensors` with its JSON files,
+keyed by their paths relative to the model directory, as Ollama's CLI sends them): the checkpoint is
+converted to GGUF here (`registry.convert`). `quantize` re-encodes an F16/F32 model with llama.cpp.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import secrets
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from modelfiles import OptionError, TemplateError, load_named_template, named_template_for, parse_template, validate_options
@@ -17,6 +26,9 @@ from registry import (
     MEDIA_TEMPLATE, InvalidDigest, InvalidGGUF, Layer, Manifest, ModelName, Store, normalize_digest,
     read_gguf_info,
 )
+from registry.convert import ConvertError, QuantizeError, convert_directory, quantize_file, quantize_type
+from registry.convert.quantize import QUANTIZABLE_SOURCES
+from registry.store import TEMP_PREFIX
 
 Progress = Callable[[str], None]
 _ROLES = {"system", "user", "assistant", "tool"}
@@ -93,8 +105,12 @@ def _config_blob(info) -> dict:
 def create_model(store: Store, req: CreateRequest, progress: Progress) -> None:
     """Creates `req.model`; raises CreateError / SourceNotFound for bad input."""
     progress("parsing model")
+    quantize = None
     if req.quantize:
-        raise CreateError("quantization is not supported yet")
+        try:
+            quantize = quantize_type(req.quantize)
+        except ValueError as exc:
+            raise CreateError(str(exc)) from None
     layers: dict[str, list[Layer]] = {}  # media type -> layers, in manifest order
     base_params: dict = {}
 
@@ -113,17 +129,11 @@ def create_model(store: Store, req: CreateRequest, progress: Progress) -> None:
         config = json.loads(store.read_blob_bytes(source.manifest.config.digest))
         progress(f"using existing layers of {source.name.display}")
     else:
-        if len(req.files) != 1:
-            raise CreateError("exactly one model file is supported in 'files'")
-        digest = _digest(next(iter(req.files.values())))
-        path = store.blob_path(digest)
-        if not path.exists():
-            raise CreateError(f"blob {digest} not found; upload it with POST /api/blobs/{digest} first")
+        path, digest = _model_file(store, req.files, quantize, progress)
         try:
             info = read_gguf_info(path)
         except InvalidGGUF as exc:
             raise CreateError(f"invalid model file: {exc}") from None
-        progress(f"using existing layer {digest}")
         layers[MEDIA_MODEL] = [Layer(MEDIA_MODEL, digest, path.stat().st_size)]
         config = _config_blob(info)
         if req.template is None and info.chat_template:
@@ -133,6 +143,13 @@ def create_model(store: Store, req: CreateRequest, progress: Progress) -> None:
                 template_text, template_params = load_named_template(named)
                 layers[MEDIA_TEMPLATE] = [_text_layer(store, MEDIA_TEMPLATE, template_text, progress)]
                 base_params = dict(template_params)
+    if quantize:
+        model_layers = layers.get(MEDIA_MODEL) or []
+        if len(model_layers) != 1:
+            raise CreateError("quantization needs exactly one model layer")
+        layer, info = _quantize(store, model_layers[0], quantize, progress)
+        layers[MEDIA_MODEL] = [layer]
+        config = {**config, "file_type": info.file_type}
 
     for name, digest in req.adapters.items():
         digest = _digest(digest)
@@ -175,6 +192,112 @@ def create_model(store: Store, req: CreateRequest, progress: Progress) -> None:
     progress("writing manifest")
     store.write_manifest(req.model, Manifest(config=Layer(MEDIA_CONFIG, config_digest, config_size), layers=ordered))
     progress("success")
+
+
+def _model_file(store: Store, files: dict, quantize: str | None, progress: Progress) -> tuple[Path, str]:
+    """The GGUF blob for `files`: the one GGUF given, or the safetensors checkpoint converted (and
+    then quantized as asked, so that the unquantized conversion never lands in the store)."""
+    if any(str(name).endswith(".safetensors") for name in files):
+        return _convert(store, files, quantize, progress)
+    if len(files) != 1:
+        raise CreateError("exactly one model file is supported in 'files'")
+    digest = _digest(next(iter(files.values())))
+    path = store.blob_path(digest)
+    if not path.exists():
+        raise CreateError(f"blob {digest} not found; upload it with POST /api/blobs/{digest} first")
+    progress(f"using existing layer {digest}")
+    return path, digest
+
+
+def _safe_relative(name) -> PurePosixPath:
+    """A file name from the request as a path inside the model directory (Ollama: fs.ValidPath)."""
+    text = str(name)
+    parts = text.split("/")
+    if not text or "\\" in text or "\0" in text or any(p in ("", ".", "..") for p in parts):
+        raise CreateError(f"invalid file path: {text}")
+    return PurePosixPath(text)
+
+
+def _temp_path(store: Store, what: str) -> Path:
+    # In the blobs directory (same file system as the blobs; a crash's leftover is removed by the store)
+    return store.blobs_dir / f"{TEMP_PREFIX}{what}-{secrets.token_hex(8)}"
+
+
+def _convert(store: Store, files: dict, quantize: str | None, progress: Progress) -> tuple[Path, str]:
+    """Links the uploaded blobs under their names in a scratch directory and converts that to GGUF."""
+    scratch = Path(tempfile.mkdtemp(prefix="lm-convert-"))
+    temp = None
+    try:
+        for name, value in files.items():
+            rel = _safe_relative(name)
+            digest = _digest(value)
+            blob = store.blob_path(digest)
+            if not blob.is_file():
+                raise CreateError(f"blob {digest} ({name}) not found; upload it with POST /api/blobs/{digest} first")
+            target = scratch / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                raise CreateError(f"duplicate file path: {name}")
+            os.symlink(blob, target)
+        progress("converting model")
+        try:
+            if quantize is None:
+                with store.blob_writer() as writer:  # straight into the store, hashed on the way
+                    convert_directory(scratch, writer)
+                    digest, _size = writer.commit()
+            else:
+                temp = _temp_path(store, "convert")
+                with open(temp, "xb") as out:
+                    convert_directory(scratch, out)
+                digest, _size = _quantize_file(store, temp, quantize, progress) or store.add_blob_file(temp)
+        except ConvertError as exc:
+            raise CreateError(str(exc)) from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if temp is not None:
+            _unlink(temp)
+    progress(f"creating new layer {digest}")
+    return store.blob_path(digest), digest
+
+
+def _quantize_file(store: Store, src: Path, qtype: str, progress: Progress) -> tuple[str, int] | None:
+    """`src` re-encoded as `qtype` by llama.cpp, as a new blob; None when it already is of that type.
+    As Ollama, only unquantized sources (F16, BF16, F32) can be quantized."""
+    try:
+        info = read_gguf_info(src)
+    except InvalidGGUF as exc:
+        raise CreateError(f"invalid model file: {exc}") from None
+    if info.file_type == qtype:
+        return None
+    if info.file_type not in QUANTIZABLE_SOURCES:
+        raise CreateError("quantization is only supported for F16, BF16 and F32 models")
+    progress(f"quantizing {info.file_type} model to {qtype}")
+    out = _temp_path(store, "quantize")
+    try:
+        try:
+            quantize_file(src, out, qtype)
+        except QuantizeError as exc:
+            raise CreateError(str(exc)) from None
+        return store.add_blob_file(out)
+    finally:
+        _unlink(out)
+
+
+def _quantize(store: Store, layer: Layer, qtype: str, progress: Progress):
+    """The model layer as `qtype` (itself when it already is), and its GGUF info."""
+    done = _quantize_file(store, store.blob_path(layer.digest), qtype, progress)
+    if done is None:
+        return layer, read_gguf_info(store.blob_path(layer.digest))
+    digest, size = done
+    progress(f"creating new layer {digest}")
+    return Layer(MEDIA_MODEL, digest, size), read_gguf_info(store.blob_path(digest))
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def _digest(value) -> str:

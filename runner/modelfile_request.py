@@ -15,6 +15,31 @@ class ModelfileSourceError(ValueError):
     pass
 
 
+def model_dir_files(directory: Path) -> list[Path]:
+    """The files of a model directory that /api/create needs, chosen as Ollama's CLI chooses them.
+
+    The weights (`model*.safetensors`, also one directory down; else `consolidated*.safetensors`;
+    else `*.gguf`), then every `*.json` in the directory and one level down (sentence-transformers
+    keeps its pooling config in `1_Pooling/config.json`), `tokenizer.model` and `vocab.txt`.
+    """
+    def glob(pattern: str) -> list[Path]:
+        return sorted(p for p in directory.glob(pattern) if p.is_file())
+
+    weights = glob("model*.safetensors")
+    if weights:
+        weights += glob("*/model*.safetensors")
+    else:
+        weights = glob("consolidated*.safetensors") or glob("*.gguf")
+    if not weights:
+        raise ModelfileSourceError(f"no Modelfile or safetensors files found in {directory}")
+    if weights[0].suffix == ".gguf":
+        if len(weights) > 1:
+            raise ModelfileSourceError(f"{directory} holds several GGUF files; name one in FROM")
+        return weights
+    extra = glob("*.json") + glob("*/*.json") + glob("tokenizer.model") + glob("vocab.txt")
+    return weights + extra
+
+
 def _resolve_path(value: str, base: Path) -> Path | None:
     """The local file a FROM/ADAPTER value names, or None when it names a model."""
     expanded = Path(os.path.expanduser(value))
@@ -31,10 +56,11 @@ def create_body(name: str, mf: Modelfile, base: Path, blob_for: Callable[[Path],
         body["files"] = {"model.gguf": source.lstrip("@").replace("sha256-", "sha256:", 1)}
     elif (path := _resolve_path(source, base)) is not None:
         if path.is_dir():
-            raise ModelfileSourceError(f"FROM {source}: creating models from safetensors directories is not supported yet")
-        if not path.is_file():
+            body["files"] = {f.relative_to(path).as_posix(): blob_for(f) for f in model_dir_files(path)}
+        elif not path.is_file():
             raise ModelfileSourceError(f"FROM {source}: no such file {path}")
-        body["files"] = {path.name: blob_for(path)}
+        else:
+            body["files"] = {path.name: blob_for(path)}
     else:
         body["from"] = source
     adapters = {}

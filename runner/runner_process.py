@@ -9,15 +9,26 @@ import sys
 import tempfile
 from collections import deque
 from pathlib import Path
-from typing import AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator
 
 import aiohttp
+
+if TYPE_CHECKING:
+    import numpy as np
 
 CRASH_MESSAGE = "model runner has unexpectedly stopped, this may be due to resource limitations or an internal error"
 
 
 class RunnerError(RuntimeError):
     """The runner failed: it did not start, or it died while serving."""
+
+
+class RunnerRejected(RunnerError):
+    """The runner refused a request (e.g. an input too long: 400); `status` is the HTTP status to give."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
 
 
 class RunnerProcess:
@@ -46,6 +57,17 @@ class RunnerProcess:
         return (errors or lines or [""])[-1]
 
     async def start(self, timeout: float) -> dict:
+        """Starts the runner and waits until it serves. A start that fails or is cancelled (the client hung
+        up during the load, or the daemon is stopping) leaves no process behind."""
+        try:
+            return await self._start(timeout)
+        except BaseException:
+            if self.alive:
+                self.proc.kill()
+            await self.stop()
+            raise
+
+    async def _start(self, timeout: float) -> dict:
         cmd = [sys.executable, "-m", "runner.engine", "--model", str(self.model_path), "--socket", self.socket_path,
                *self.args]
         self.proc = await asyncio.create_subprocess_exec(
@@ -92,7 +114,8 @@ class RunnerProcess:
             async with self._session.post("http://runner/completion", json=payload) as resp:
                 if resp.status != 200:
                     body = await resp.json(content_type=None)
-                    raise RunnerError(body.get("error") or f"runner answered {resp.status}")
+                    message = body.get("error") or f"runner answered {resp.status}"
+                    raise RunnerRejected(message, resp.status) if 400 <= resp.status < 500 else RunnerError(message)
                 got_final = False
                 async for line in resp.content:
                     if line.strip():
@@ -102,6 +125,25 @@ class RunnerProcess:
                 if not got_final:
                     raise RunnerError(CRASH_MESSAGE)
         except (aiohttp.ClientError, json.JSONDecodeError, ConnectionError) as exc:
+            raise RunnerError(CRASH_MESSAGE) from exc
+
+    async def embed(self, inputs: list[str | list[int]], truncate: bool = True) -> tuple["np.ndarray", list[int], int]:
+        """Raw (unnormalised) embeddings of `inputs` (texts or token ids), one row each; the token count of each input;
+        the runner's compute time in ns. RunnerRejected for what the runner refuses (400, 501)."""
+        import base64
+
+        import numpy as np
+
+        if not self.alive or self._session is None:
+            raise RunnerError(CRASH_MESSAGE)
+        try:
+            async with self._session.post("http://runner/embed", json={"input": inputs, "truncate": truncate}) as resp:
+                body = await resp.json(content_type=None)
+                if resp.status != 200:
+                    raise RunnerRejected(body.get("error") or f"runner answered {resp.status}", resp.status)
+            vectors = np.frombuffer(base64.b64decode(body["vectors"]), dtype="<f4").reshape(len(inputs), body["dims"])
+            return vectors, body["counts"], int(body.get("prompt_eval_duration", 0))
+        except (aiohttp.ClientError, json.JSONDecodeError, ConnectionError, KeyError, TypeError, ValueError) as exc:
             raise RunnerError(CRASH_MESSAGE) from exc
 
     async def tokenize(self, text: str) -> list[int]:

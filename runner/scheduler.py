@@ -136,6 +136,8 @@ class Scheduler:
             args += ["--threads", str(int(threads))]
         if placement.gpu_layers > 0:
             args.append("--mixed-prefill")  # GPU: throughput over bit-exact batch invariance
+        if "embedding" in config.capabilities:
+            args.append("--embedding")  # an embedding model (BERT and kin): no generation context
         proc = RunnerProcess(config.model_path, args, debug=self.settings.debug)
         log.info("loading %s (ctx %d, %d slots, %d GPU layers)", config.display, num_ctx, placement.parallel,
                  placement.gpu_layers)

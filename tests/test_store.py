@@ -22,6 +22,7 @@ from registry import (
     Manifest,
     ModelName,
     Store,
+    StoreError,
 )
 from registry.store import TEMP_PREFIX
 
@@ -281,6 +282,31 @@ def test_delete_keeps_shared_blobs(store):
     assert store.delete(ModelName.parse("b:1")) is True
     assert list(store.blobs_dir.iterdir()) == []
     assert list(store.manifests_dir.iterdir()) == []
+
+
+def test_manifest_never_names_a_blob_a_delete_removed(store):
+    # A create committed a blob that already existed (so kept the old file), then a delete of the only
+    # model using it removed that file before the create wrote its manifest: the write must refuse.
+    make_model(store, "a:1", b"weights")
+    with store.blob_writer() as w:
+        w.write(b"weights")
+        digest, size = w.commit()
+    assert store.delete(ModelName.parse("a:1"))
+    config = Layer(MEDIA_CONFIG, *store.add_json_blob({"model_format": "gguf"}))
+    with pytest.raises(StoreError, match="missing"):
+        store.write_manifest(ModelName.parse("b:1"), Manifest(config=config, layers=[Layer(MEDIA_MODEL, digest, size)]))
+    assert store.find(ModelName.parse("b:1")) is None
+
+
+def test_existing_blob_commit_refreshes_its_time(store):
+    digest, _ = store.add_blob_bytes(b"old")
+    path = store.blob_path(digest)
+    os.utime(path, (1_000_000, 1_000_000))
+    store.add_blob_bytes(b"old")
+    assert time.time() - path.stat().st_mtime < 60
+    assert store.prune_unreferenced_blobs(grace_s=3600) == []
+    os.utime(path, (1_000_000, 1_000_000))
+    assert store.prune_unreferenced_blobs(grace_s=3600) == [path] and not path.exists()
 
 
 def test_delete_keeps_blobs_when_another_manifest_is_unreadable(store, caplog):

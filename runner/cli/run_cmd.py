@@ -194,12 +194,23 @@ def _chat_once(client: Client, model: str, messages: list[dict], opts: RunOption
     return "".join(reply)
 
 
-def _ensure_model(client: Client, model: str) -> None:
-    client.json("POST", "/api/show", {"model": model})  # 404 -> "model 'x' not found"
+def _capabilities(client: Client, model: str) -> list[str]:
+    return client.json("POST", "/api/show", {"model": model}).get("capabilities") or []  # 404: "not found"
+
+
+def _print_embedding(client: Client, model: str, text: str, opts: RunOptions) -> None:
+    """An embedding model answers with its vector, printed as a JSON array (as Ollama's CLI does)."""
+    body = {"model": model, "input": text, **({"keep_alive": opts.keepalive} if opts.keepalive else {})}
+    print(json.dumps(client.json("POST", "/api/embed", body)["embeddings"][0]))
 
 
 def run_model(client: Client, model: str, prompt: str | None, opts: RunOptions) -> None:
-    _ensure_model(client, model)
+    caps = _capabilities(client, model)
+    if "embedding" in caps and "completion" not in caps:
+        if not prompt:
+            raise ClientError(f"{model} is an embedding model: give it text, e.g. lm run {model} \"some text\"")
+        _print_embedding(client, model, prompt, opts)
+        return
     if prompt is not None:
         _chat_once(client, model, [{"role": "user", "content": prompt}], opts)
         return

@@ -28,10 +28,11 @@ def _args() -> argparse.Namespace:
     p.add_argument("--kv-type", default="f16")
     p.add_argument("--no-mmap", action="store_true")
     p.add_argument("--mixed-prefill", action="store_true", help="mix prefill chunks into decode steps (GPU)")
+    p.add_argument("--embedding", action="store_true", help="an embedding model: no generation context")
     return p.parse_args()
 
 
-async def _serve(args: argparse.Namespace, model: LoadedModel) -> None:
+async def _serve(args: argparse.Namespace, model: LoadedModel, embedder=None) -> None:
     import asyncio
     import signal
 
@@ -40,7 +41,8 @@ async def _serve(args: argparse.Namespace, model: LoadedModel) -> None:
     from .server import RunnerServer
 
     info = {"n_ctx": args.ctx, "gpu_layers": args.gpu_layers, "pid": os.getpid()}
-    server = RunnerServer(model, args.parallel, mixed_prefill=args.mixed_prefill, info=info)
+    server = RunnerServer(model, args.parallel, mixed_prefill=args.mixed_prefill, info=info,
+                          embedder=embedder)
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.add_routes(server.routes())
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
@@ -60,7 +62,7 @@ async def _serve(args: argparse.Namespace, model: LoadedModel) -> None:
         except asyncio.TimeoutError:
             pass
     await runner.cleanup()
-    server.engine.stop()
+    server.stop()
     model.close()
 
 
@@ -72,7 +74,7 @@ def main() -> None:
     cfg = ContextConfig(
         n_ctx_per_seq=args.ctx, n_seq=args.parallel, n_batch=args.batch, n_gpu_layers=args.gpu_layers,
         main_gpu=args.main_gpu, n_threads=args.threads, flash_attn=args.flash_attn, kv_type=args.kv_type,
-        use_mmap=not args.no_mmap, kv_unified=args.mixed_prefill,
+        use_mmap=not args.no_mmap, kv_unified=args.mixed_prefill, embedding_only=args.embedding,
     )
     try:
         model = LoadedModel(args.model, cfg)
@@ -80,7 +82,16 @@ def main() -> None:
         # The daemon reports the last "error:" line of a runner that failed to start.
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
-    asyncio.run(_serve(args, model))
+    embedder = None
+    if args.embedding:  # created here too, before aiohttp is imported
+        from .embed import EmbedUnsupported, new_embed_engine
+
+        try:
+            embedder = new_embed_engine(model)
+        except (EmbedUnsupported, RuntimeError) as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            sys.exit(1)
+    asyncio.run(_serve(args, model, embedder))
 
 
 if __name__ == "__main__":

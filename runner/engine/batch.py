@@ -99,11 +99,13 @@ class Engine:
         on_events: Callable[[list[Event]], None],
         *,
         mixed_prefill: bool = False,
+        on_fatal: Callable[[str], None] | None = None,
     ):
         self.model = model
         self.n_ctx = model.cfg.n_ctx_per_seq
         self.slots = [_Slot(i) for i in range(n_slots)]
         self.on_events = on_events
+        self.on_fatal = on_fatal
         self.mixed_prefill = mixed_prefill
         self.buffer = BatchBuffer(max(model.n_batch, n_slots))
         self._waiting: deque[Request] = deque()
@@ -122,8 +124,11 @@ class Engine:
 
     def submit(self, req: Request) -> None:
         with self._lock:
-            self._waiting.append(req)
-            self._lock.notify()
+            if self.fatal_error is None:
+                self._waiting.append(req)
+                self._lock.notify()
+                return
+        self.on_events([Event(req, done=True, error=self.fatal_error)])  # the engine thread is gone
 
     def cancel(self, req: Request) -> None:
         req.cancelled = True  # seen by the engine at its next step
@@ -159,8 +164,11 @@ class Engine:
                 if events:
                     self.on_events(events)
         except Exception as exc:  # a broken engine must not leave clients waiting forever
-            self.fatal_error = f"engine failure: {exc}"
+            with self._lock:
+                self.fatal_error = f"engine failure: {exc}"
             self._fail_all(self.fatal_error)
+            if self.on_fatal:
+                self.on_fatal(self.fatal_error)
             raise
 
     def _fail_all(self, message: str) -> None:

@@ -39,6 +39,8 @@ class ContextConfig:
     # stream of n_ctx_per_seq cells per slot, which lays each sequence's KV out exactly as if it ran
     # alone: softmax sums then see the same layout, so outputs do not depend on other requests.
     kv_unified: bool = False
+    # An embedding model (BERT and kin): no generation context at all; embeddings get their own.
+    embedding_only: bool = False
 
 
 _KV_TYPES = {"f16": 1, "f32": 0, "q8_0": 8, "q4_0": 2}  # ggml_type values
@@ -61,7 +63,14 @@ class LoadedModel:
         self.vocab = ll.llama_model_get_vocab(self.model)
         self.n_vocab = ll.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train = ll.llama_model_n_ctx_train(self.model)
+        self.add_bos = ll.llama_vocab_get_add_bos(self.vocab)
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self.ctx = self.memory = None
+        self.n_batch = cfg.n_batch
+        if not cfg.embedding_only:
+            self._init_context(cfg)
 
+    def _init_context(self, cfg: ContextConfig) -> None:
         cparams = ll.llama_context_default_params()
         cparams.n_ctx = cfg.n_ctx_per_seq * cfg.n_seq
         cparams.n_batch = cfg.n_batch
@@ -80,8 +89,6 @@ class LoadedModel:
             raise ModelLoadError("llama.cpp could not create a context (out of memory?)")
         self.memory = ll.llama_get_memory(self.ctx)
         self.n_batch = ll.llama_n_batch(self.ctx)
-        self.add_bos = ll.llama_vocab_get_add_bos(self.vocab)
-        self._piece_buf = ctypes.create_string_buffer(256)
 
     # -- tokens ---------------------------------------------------------------------------------
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:

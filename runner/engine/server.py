@@ -5,16 +5,26 @@ Routes (internal, not a public API):
   POST /tokenize    {"content"} -> {"tokens"}
   POST /completion  {"prompt": str, "options": {...}} -> NDJSON: {"content"} lines, then a final
                     {"done": true, "done_reason", counts and durations (ns), "context"} or {"error"}
+  POST /embed       {"input": [str], "truncate": bool} -> {"dims", "vectors": base64 of float32 rows
+                    (raw, not normalised), "counts": tokens per input, "prompt_eval_duration"};
+                    400 {"error"} for an input too long, 501 for a model without embeddings
+
+An embedding model's runner (`--embedding`) has no generation engine; a generative model's runner
+creates its embedding context on the first /embed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
+import sys
 
 from aiohttp import web
 
 from .batch import Engine, Event, Request
+from .embed import EmbedEngine, EmbedJob, EmbedUnsupported, InputTooLong, new_embed_engine
 from .model import LoadedModel
 from .sampling import SamplingOptions
 
@@ -24,13 +34,36 @@ def _ns(seconds: float) -> int:
 
 
 class RunnerServer:
-    def __init__(self, model: LoadedModel, n_slots: int, *, mixed_prefill: bool, info: dict):
+    def __init__(self, model: LoadedModel, n_slots: int, *, mixed_prefill: bool, info: dict,
+                 embedder: EmbedEngine | None = None):
         self.model = model
         self.info = info
         self.loop = asyncio.get_running_loop()
         self.queues: dict[int, asyncio.Queue] = {}
-        self.engine = Engine(model, n_slots, self._on_events_threadsafe, mixed_prefill=mixed_prefill)
-        self.engine.start()
+        self.engine: Engine | None = None
+        # An embedding model's runner has only the embedder (made before the server starts).
+        self.embedder: EmbedEngine | None = embedder
+        self._embed_lock = asyncio.Lock()
+        self._embed_error: str | None = None
+        if embedder is None:
+            self.engine = Engine(model, n_slots, self._on_events_threadsafe, mixed_prefill=mixed_prefill,
+                                 on_fatal=self._on_fatal_threadsafe)
+            self.engine.start()
+
+    # A runner whose engine thread died serves nothing more: it exits (after the error events have gone
+    # out) so that the daemon's next request loads the model afresh.
+    FATAL_EXIT_DELAY_S = 0.5
+
+    def _on_fatal_threadsafe(self, message: str) -> None:
+        print(f"runner: {message}; exiting", file=sys.stderr, flush=True)
+        self.loop.call_soon_threadsafe(self.loop.call_later, self.FATAL_EXIT_DELAY_S, os._exit, 70)
+
+    def stop(self) -> None:
+        if self.engine is not None:
+            self.engine.stop()
+        if self.embedder is not None:
+            self.embedder.stop()
+            self.embedder.close()
 
     def _on_events_threadsafe(self, events: list[Event]) -> None:
         # One hop to the event loop per engine step, whatever the number of tokens in it.
@@ -43,10 +76,13 @@ class RunnerServer:
                 q.put_nowait(ev)
 
     async def health(self, _request: web.Request) -> web.Response:
-        status = "error" if self.engine.fatal_error else "ok"
+        error = (self.engine.fatal_error if self.engine else None) or (
+            self.embedder.fatal_error if self.embedder else None)
         return web.json_response(
-            {"status": status, "error": self.engine.fatal_error, "slots": len(self.engine.slots),
-             "active": self.engine.active, **self.info}
+            {"status": "error" if error else "ok", "error": error,
+             "slots": len(self.engine.slots) if self.engine else 0,
+             "active": self.engine.active if self.engine else 0, "embedding_only": self.engine is None,
+             **self.info}
         )
 
     async def tokenize(self, request: web.Request) -> web.Response:
@@ -55,9 +91,13 @@ class RunnerServer:
 
     async def completion(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
+        if self.engine is None:
+            return web.json_response({"error": "this model does not support generate"}, status=400)
         try:
             opts = SamplingOptions.from_options(body.get("options") or {})
             context = [int(t) for t in body.get("context") or []]
+            if any(not 0 <= t < self.model.n_vocab for t in context):
+                raise ValueError("context holds token ids that are not in this model's vocabulary")
             # A continued conversation (/api/generate's `context`) already starts with BOS.
             prompt = context + self.model.tokenize(body.get("prompt", ""), add_special=not context)
         except (TypeError, ValueError) as exc:
@@ -107,9 +147,70 @@ class RunnerServer:
             "context": req.context,
         }
 
+    async def _embedder(self) -> EmbedEngine:
+        async with self._embed_lock:
+            if self.embedder is None:
+                if self._embed_error:
+                    raise EmbedUnsupported(self._embed_error)
+                try:
+                    self.embedder = await asyncio.to_thread(new_embed_engine, self.model)
+                except EmbedUnsupported as exc:
+                    self._embed_error = str(exc)  # for good: the model cannot embed
+                    raise
+            return self.embedder
+
+    async def embed(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        inputs = body.get("input")
+        n_vocab = self.model.n_vocab
+
+        def valid(x) -> bool:  # a text, or token ids of this vocabulary (OpenAI's token-array inputs)
+            return isinstance(x, str) or (isinstance(x, list) and all(type(t) is int and 0 <= t < n_vocab for t in x))
+
+        if not isinstance(inputs, list) or not all(valid(x) for x in inputs):
+            return web.json_response({"error": "invalid input type"}, status=400)
+        truncate = body.get("truncate", True) is not False
+        try:
+            embedder = await self._embedder()
+        except EmbedUnsupported as exc:
+            return web.json_response({"error": str(exc)}, status=501)
+        except RuntimeError as exc:  # no memory for the context, say: the next request tries again
+            return web.json_response({"error": str(exc)}, status=500)
+        # Tokenizing is quick but not free: a big request is done off the event loop.
+        work = lambda: [embedder.prepare(self.model.tokenize(x) if isinstance(x, str) else x, truncate)  # noqa: E731
+                        for x in inputs]
+        try:
+            tokens = work() if sum(map(len, inputs)) < 8192 else await asyncio.to_thread(work)
+        except InputTooLong as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        if any(not t for t in tokens):
+            return web.json_response({"error": "Input content cannot be empty"}, status=400)
+        future = self.loop.create_future()
+
+        def done(job: EmbedJob) -> None:
+            self.loop.call_soon_threadsafe(lambda: future.done() or future.set_result(job))
+
+        job = EmbedJob(tokens, done)
+        embedder.submit(job)
+        try:
+            await future
+        except asyncio.CancelledError:  # the daemon hung up: the rest of this job is not worth computing
+            job.cancelled = True
+            raise
+        if job.error:
+            status = 501 if "does not support" in job.error else 500
+            return web.json_response({"error": job.error}, status=status)
+        return web.json_response({
+            "dims": int(job.vectors.shape[1]),
+            "vectors": base64.b64encode(job.vectors.astype("<f4").tobytes()).decode(),
+            "counts": [len(t) for t in tokens],
+            "prompt_eval_duration": _ns(job.t_done - job.t_submit),
+        })
+
     def routes(self) -> list:
         return [
             web.get("/health", self.health),
             web.post("/tokenize", self.tokenize),
             web.post("/completion", self.completion),
+            web.post("/embed", self.embed),
         ]

@@ -9,7 +9,7 @@ from contextlib import aclosing
 from aiohttp import web
 
 from .generate import chunks, prepare_chat
-from .http import ApiError, dumps, errors_as, read_json
+from .http import ApiError, dumps, errors_as, read_json, translating
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
                 503: "overloaded_error"}
@@ -101,9 +101,10 @@ async def messages(request: web.Request) -> web.StreamResponse:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _bad("model: field required")
-    native = {"model": model, "messages": _messages(body), "options": _options(body), "stream": True}
-    if (tools := _tools(body)) is not None:
-        native["tools"] = tools
+    with translating("messages"):
+        native = {"model": model, "messages": _messages(body), "options": _options(body), "stream": True}
+        if (tools := _tools(body)) is not None:
+            native["tools"] = tools
     prep = await prepare_chat(request, native)
     mid = f"msg_{secrets.token_hex(12)}"
     message = {"id": mid, "type": "message", "role": "assistant", "model": model, "content": [],

@@ -1,23 +1,35 @@
-"""The daemon: an aiohttp application with Ollama's native API (and room for /v1 and /metrics)."""
+"""The daemon: an aiohttp application with Ollama's native API, /v1, /metrics and /openapi.json.
+
+Middlewares, outermost first: request id + access log + metrics (metrics.observe), CORS, the Host
+check, API keys, the body-size cap (security.py), then `_errors`, which turns exceptions into JSON.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import signal
+import time
+from pathlib import Path
 
 from aiohttp import web
 
-from registry import Store
+from registry import Store, StoreError
 
 from .. import __version__
 from ..config import Settings
 from ..scheduler import Scheduler
-from . import anthropic, generate, models_api, openai, registry_api, responses
+from . import anthropic, embed, generate, models_api, openai, responses
+from . import metrics, openapi, security
+from . import registry_api
 from .http import ApiError, dumps
 
 log = logging.getLogger("lm.server")
+
+
+_NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
 @web.middleware
@@ -35,6 +47,14 @@ async def _errors(request: web.Request, handler):
         return web.Response(status=exc.status, body=dumps({"error": message}), content_type="application/json")
     except (ConnectionResetError, asyncio.CancelledError):
         raise
+    except OSError as exc:
+        if exc.errno in _NO_SPACE:  # disk full or a file size limit: say so, as a client can act on it
+            log.error("storage full on %s %s: %s", request.method, request.path, exc)
+            return web.Response(status=507, body=dumps({"error": f"not enough storage space: {exc.strerror}"}),
+                                content_type="application/json")
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return web.Response(status=500, body=dumps({"error": str(exc) or type(exc).__name__}),
+                            content_type="application/json")
     except Exception as exc:  # never a bare traceback to a client
         log.exception("unhandled error on %s %s", request.method, request.path)
         return web.Response(status=500, body=dumps({"error": str(exc) or type(exc).__name__}),
@@ -50,52 +70,91 @@ async def version(_request: web.Request) -> web.Response:
 
 
 def make_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[_errors], client_max_size=32 * 1024 * 1024)
+    middlewares = [metrics.observe, security.cors_middleware(settings), security.host_check_middleware(settings),
+                   security.auth_middleware(settings), security.body_size_middleware(settings), _errors]
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body)
     app["settings"] = settings
     app["store"] = Store(settings.models_dir)
     app["scheduler"] = Scheduler(settings)
+    app["openapi_spec"] = openapi.build_spec(settings)
+    metrics.track_scheduler(app["scheduler"])
     app.router.add_get("/", root)
     app.router.add_get("/api/version", version)
     models_api.add_routes(app)
     generate.add_routes(app)
+    embed.add_routes(app)
     openai.add_routes(app)
     responses.add_routes(app)
     anthropic.add_routes(app)
     registry_api.add_routes(app)
+    app.router.add_get("/metrics", metrics.metrics_handler)
+    app.router.add_get("/openapi.json", openapi.openapi_handler)
+    app.on_response_prepare.append(metrics.request_id_header)
+    app.on_response_prepare.append(security.cors_headers)
 
     async def on_startup(app: web.Application) -> None:
         if not settings.noprune:
             removed = await asyncio.to_thread(app["store"].cleanup)
             for path in removed:
                 log.info("removed leftover partial file %s", path)
+            removed = await asyncio.to_thread(app["store"].prune_unreferenced_blobs, settings.prune_grace)
+            for path in removed:
+                log.info("removed unreferenced blob %s", path.name)
 
-    async def on_shutdown(app: web.Application) -> None:
+    async def on_cleanup(app: web.Application) -> None:
+        # Runs after in-flight requests have finished or been cancelled (see serve): no runner outlives us.
         await app["scheduler"].shutdown()
 
     app.on_startup.append(on_startup)
-    app.on_shutdown.append(on_shutdown)
+    app.on_cleanup.append(on_cleanup)
     return app
 
 
 def serve(settings: Settings) -> None:
-    logging.basicConfig(level=logging.DEBUG if settings.debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    metrics.configure_logging(settings.debug, settings.log_format)
     app = make_app(settings)
 
     async def main() -> None:
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=log if settings.debug else None)
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                               # aiohttp waits forever on 0: a tiny grace means "cancel at once"
+                               shutdown_timeout=max(settings.shutdown_timeout, 0.05))
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
         log.info("lm %s listening on %s:%d (models in %s)", __version__, settings.host, settings.port,
                  settings.models_dir)
-        stop = asyncio.Event()
+        if settings.auth_enabled:
+            log.info("API keys required (LM_API_KEYS%s)", ", LM_API_KEYS_FILE" if settings.api_keys_file else "")
+        elif not security.is_loopback_host(settings.host):
+            log.warning("listening on %s with no API keys: anyone who can reach this address can run, create and "
+                        "delete models. Set LM_API_KEYS (see docs/security.md)", settings.host)
+        stop, force = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            (force if stop.is_set() else stop).set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         await stop.wait()
-        log.info("shutting down")
-        await runner.cleanup()
+        busy = metrics.in_flight()
+        log.info("shutting down: no new connections; %d request(s) in flight get up to %.0fs to finish "
+                 "(signal again to stop at once)", busy, settings.shutdown_timeout)
+        cleanup = asyncio.create_task(runner.cleanup())
+        forced = asyncio.create_task(force.wait())
+        await asyncio.wait({cleanup, forced}, return_when=asyncio.FIRST_COMPLETED)
+        if not cleanup.done():
+            log.warning("second signal: cancelling in-flight requests now")
+            cleanup.cancel()
+            try:
+                await cleanup
+            except BaseException:  # noqa: BLE001 - whatever it was, the requests and runners go next
+                pass
+            if runner.server is not None:
+                await runner.server.shutdown(0.05)  # cancel every in-flight request (they release their runners)
+            await app["scheduler"].shutdown()
+        forced.cancel()
+        log.info("stopped")
 
     asyncio.run(main())
 

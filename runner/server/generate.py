@@ -20,8 +20,9 @@ from ..config import parse_duration
 from ..memory import processor_label
 from ..model_config import ModelConfig, ModelNotFound, load_model_config
 from ..prompt import PromptError, chat_prompt
-from ..runner_process import RunnerError
+from ..runner_process import RunnerError, RunnerRejected
 from ..scheduler import LoadedModel, Scheduler, ServerBusy
+from . import metrics
 from .grammar import grammar_for_format
 from .http import ApiError, NDJSONStream, bad_request, dumps, field, not_found, read_json
 from .models_api import model_details, parse_name
@@ -242,21 +243,29 @@ async def chunks(prep: Prepared) -> AsyncIterator[dict]:
         return {**out, "done": False}
 
     started = False
+    first_token_at = None
     async with Inference(prep.request, cfg, options, _keep_alive(body)) as inf:
         try:
             final = None
             async for obj in inf.stream(prep.prompt, prep.context):
                 if obj.get("done"):
                     final = obj
-                elif delta := parser.feed(obj["content"]):  # empty while the parser holds text back
+                    continue
+                first_token_at = first_token_at or time.perf_counter()
+                if delta := parser.feed(obj["content"]):  # empty while the parser holds text back
                     started = True
                     yield chunk(delta)
+        except RunnerRejected as exc:  # the request's fault (say, token ids beyond the vocabulary)
+            raise ApiError(exc.status, str(exc)) from None
         except RunnerError as exc:
             inf.failed = True
             if started:
                 yield {"error": str(exc)}
                 return
             raise ApiError(500, str(exc)) from None
+    metrics.observe_completion(cfg.display, final.get("prompt_eval_count") or 0, final.get("eval_count") or 0,
+                               first_token_at - inf.t0 if first_token_at else None,
+                               (final.get("eval_duration") or 0) / 1e9)
     last = chunk(parser.finish())
     last.update(done=True, done_reason=final.get("done_reason") or "stop", **inf.stats(final))
     if not prep.chat:

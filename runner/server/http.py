@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import json
 from typing import Any
@@ -34,6 +36,16 @@ def errors_as(shape):
     return decorate
 
 
+@contextlib.contextmanager
+def translating(api: str):
+    """Around turning another API's body into a native request: the translation trusts the documented
+    shapes, so a field of another type surfaces as TypeError & co. That is the client's mistake (400)."""
+    try:
+        yield
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:
+        raise ApiError(400, f"invalid {api} request: a field has the wrong type or shape ({exc})") from exc
+
+
 def bad_request(message: str) -> ApiError:
     return ApiError(400, message)
 
@@ -42,17 +54,61 @@ def not_found(message: str) -> ApiError:
     return ApiError(404, message)
 
 
+def _reject_constant(name: str):
+    raise ValueError(f"invalid JSON: {name} is not a JSON value")
+
+
+def json_too_deep(raw: bytes, obj: Any, limit: int) -> bool:
+    """Whether objects/arrays nest deeper than `limit` (cheap when the text has few brackets)."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
 async def read_json(request: web.Request) -> dict:
-    """The request body as a JSON object; 400 for anything else (as Ollama answers)."""
-    raw = await request.read()
+    """The request body as a JSON object; 400 for anything else (as Ollama answers).
+
+    Also enforced here, for every route that reads JSON: the body size (LM_MAX_BODY, 413), the nesting
+    depth (LM_MAX_JSON_DEPTH), no NaN/Infinity, and the request limits of `security.check_limits`.
+    """
+    settings = request.app.get("settings")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        limit = settings.max_body if settings else request.client_max_size
+        raise ApiError(413, f"request body too large (the limit is {limit} bytes, LM_MAX_BODY)") from None
     if not raw.strip():
         raise bad_request("missing request body")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_reject_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise bad_request(f"invalid JSON: {exc}") from None
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
+    except RecursionError:
+        raise bad_request("invalid JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise bad_request("request body must be a JSON object")
+    depth = settings.max_json_depth if settings else 64
+    if json_too_deep(raw, body, depth):
+        raise bad_request(f"invalid JSON: nested deeper than {depth} levels (LM_MAX_JSON_DEPTH)")
+    if settings is not None:
+        from .security import check_limits, model_num_predict, needs_model_limit  # security imports this module
+
+        model_predict = None
+        if needs_model_limit(request.path, body, settings):  # LM_MAX_PREDICT must not override a model's own
+            model_predict = await asyncio.to_thread(model_num_predict, request.app.get("store"),
+                                                    body.get("model") or body.get("name"))
+        check_limits(request.path, body, settings, model_predict)
     return body
 
 

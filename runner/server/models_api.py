@@ -8,11 +8,12 @@ import json
 from aiohttp import web
 
 from modelfiles import Modelfile, format_modelfile
-from registry import DigestMismatch, InvalidDigest, InvalidGGUF, InvalidName, ModelName, Store, normalize_digest
+from registry import (DigestMismatch, InvalidDigest, InvalidGGUF, InvalidName, ModelName, Store, StoreError,
+                      normalize_digest)
 
 from ..create import CreateError, SourceNotFound, create_model, parse_create_request
 from ..model_config import ModelNotFound, load_model_config
-from .http import NDJSONStream, bad_request, field, not_found, read_json
+from .http import ApiError, NDJSONStream, bad_request, field, not_found, read_json
 
 
 def _store(request: web.Request) -> Store:
@@ -127,6 +128,8 @@ async def create(request: web.Request) -> web.StreamResponse:
             raise bad_request(str(exc)) from None
         except SourceNotFound as exc:
             raise not_found(str(exc)) from None
+        except StoreError as exc:
+            raise ApiError(500, str(exc)) from None
         return web.json_response({"status": "success"})
     out = NDJSONStream(request)
     getter = None
@@ -143,8 +146,8 @@ async def create(request: web.Request) -> web.StreamResponse:
         break
     try:
         task.result()
-    except (CreateError, SourceNotFound) as exc:
-        status = 404 if isinstance(exc, SourceNotFound) else 400
+    except (CreateError, SourceNotFound, StoreError) as exc:
+        status = 404 if isinstance(exc, SourceNotFound) else 500 if isinstance(exc, StoreError) else 400
         if not out.started:
             out.response.set_status(status)
         await out.send({"error": str(exc)})

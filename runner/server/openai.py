@@ -6,6 +6,7 @@ Chat and completions run through the same `prepare_*` + `chunks` path as /api/ch
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import time
@@ -13,8 +14,9 @@ from contextlib import aclosing
 
 from aiohttp import web
 
-from .generate import chunks, prepare_chat, prepare_generate
-from .http import ApiError, dumps, errors_as, read_json
+from . import embed as native_embed
+from .generate import _keep_alive, _options as native_options, chunks, prepare_chat, prepare_generate
+from .http import ApiError, dumps, errors_as, read_json, translating
 from .models_api import parse_name
 
 
@@ -163,18 +165,19 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _bad("model is required", "model")
-    native = {"model": model, "messages": _messages(body.get("messages")), "options": _options(body),
-              "stream": True}
-    if (fmt := _format(body)) is not None:
-        native["format"] = fmt
-    tools = body.get("tools")
-    if tools and body.get("tool_choice") != "none":
-        native["tools"] = tools
+    with translating("chat completion"):
+        native = {"model": model, "messages": _messages(body.get("messages")), "options": _options(body),
+                  "stream": True}
+        if (fmt := _format(body)) is not None:
+            native["format"] = fmt
+        tools = body.get("tools")
+        if tools and body.get("tool_choice") != "none":
+            native["tools"] = tools
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     prep = await prepare_chat(request, native)
     cid, created = f"chatcmpl-{secrets.token_hex(6)}", int(time.time())
     base = {"id": cid, "created": created, "model": model, "system_fingerprint": "fp_lm"}
     stream = bool(body.get("stream"))
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     content, calls, final = [], [], {}
     sse = _SSE(request) if stream else None
     first = True
@@ -228,14 +231,15 @@ async def completions(request: web.Request) -> web.StreamResponse:
         raise _bad("prompt must be a string", "prompt")
     if body.get("echo"):
         raise _bad("echo is not supported", "echo")
-    native = {"model": model, "prompt": prompt, "options": _options(body), "stream": True}
-    if isinstance(body.get("suffix"), str):
-        native["suffix"] = body["suffix"]
+    with translating("completion"):
+        native = {"model": model, "prompt": prompt, "options": _options(body), "stream": True}
+        if isinstance(body.get("suffix"), str):
+            native["suffix"] = body["suffix"]
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     prep = await prepare_generate(request, native)
     base = {"id": f"cmpl-{secrets.token_hex(6)}", "object": "text_completion", "created": int(time.time()),
             "model": model, "system_fingerprint": "fp_lm"}
     sse = _SSE(request) if body.get("stream") else None
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     text, final = [], {}
     if prep.load_only is not None:
         final = prep.load_only
@@ -259,6 +263,49 @@ async def completions(request: web.Request) -> web.StreamResponse:
     return web.json_response({**base, "usage": _usage(final),
                               "choices": [{"text": "".join(text), "index": 0, "finish_reason": reason,
                                            "logprobs": None}]})
+
+
+def _embedding_inputs(value) -> list:
+    """OpenAI's `input`: a string, a list of strings, a token array, or a list of token arrays."""
+    def tokens(x) -> bool:
+        return isinstance(x, list) and bool(x) and all(type(t) is int and t >= 0 for t in x)
+
+    if isinstance(value, str) and value:
+        return [value]
+    if tokens(value):
+        return [value]
+    if isinstance(value, list) and value and all((isinstance(x, str) and x) or tokens(x) for x in value):
+        return list(value)
+    raise _bad("input must be a non-empty string, a list of non-empty strings, or token arrays", "input")
+
+
+@openai_errors
+async def embeddings(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("model is required", "model")
+    inputs = _embedding_inputs(body.get("input"))
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise _bad("encoding_format must be 'float' or 'base64'", "encoding_format")
+    dimensions = body.get("dimensions")
+    if dimensions is not None and (type(dimensions) is not int or dimensions < 1):
+        raise _bad("dimensions must be a positive integer", "dimensions")
+    cfg = await native_embed.resolve(request, {"model": model})
+    result = await native_embed.embed_texts(request, cfg, inputs, options=native_options(cfg, {}),
+                                            keep_alive=_keep_alive({}))
+    vectors = native_embed.normalize(result.vectors)
+    if dimensions and dimensions < vectors.shape[1]:
+        vectors = native_embed.normalize(vectors[:, :dimensions])
+    if encoding == "base64":  # little-endian float32 bytes, as the openai SDK decodes them
+        rows = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
+    else:
+        rows = vectors.tolist()
+    usage = {"prompt_tokens": result.prompt_eval_count, "total_tokens": result.prompt_eval_count}
+    return web.json_response({"object": "list", "model": model, "usage": usage,
+                              "data": [{"object": "embedding", "index": i, "embedding": row}
+                                       for i, row in enumerate(rows)]})
 
 
 def _model_entry(stored) -> dict:
@@ -285,5 +332,6 @@ def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_route("POST", "/v1/chat/completions", chat_completions)
     r.add_route("POST", "/v1/completions", completions)
+    r.add_route("POST", "/v1/embeddings", embeddings)
     r.add_get("/v1/models", list_models)
     r.add_get("/v1/models/{model:.+}", get_model)

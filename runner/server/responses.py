@@ -10,7 +10,7 @@ from contextlib import aclosing
 from aiohttp import web
 
 from .generate import chunks, prepare_chat
-from .http import ApiError, dumps, read_json
+from .http import ApiError, dumps, read_json, translating
 from .openai import _bad, _options, _text_content, openai_errors
 
 
@@ -81,11 +81,12 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         raise _bad("model is required", "model")
     if body.get("max_output_tokens") is not None:
         body = {**body, "max_tokens": body["max_output_tokens"]}
-    native = {"model": model, "messages": _input_messages(body), "options": _options(body), "stream": True}
-    if (tools := _tools(body)) is not None:
-        native["tools"] = tools
-    if (fmt := _format(body)) is not None:
-        native["format"] = fmt
+    with translating("response"):
+        native = {"model": model, "messages": _input_messages(body), "options": _options(body), "stream": True}
+        if (tools := _tools(body)) is not None:
+            native["tools"] = tools
+        if (fmt := _format(body)) is not None:
+            native["format"] = fmt
     prep = await prepare_chat(request, native)
 
     rid, mid = f"resp_{secrets.token_hex(12)}", f"msg_{secrets.token_hex(12)}"
