@@ -117,6 +117,9 @@ class GGUFInfo:
     vocab_size: int | None = None  # entries in tokenizer.ggml.tokens
     tensor_count: int = 0
     metadata: dict = field(default_factory=dict, repr=False)  # every key, small arrays intact
+    # name -> dimensions in GGUF order (innermost first, as llama.cpp's ne): checking a LoRA
+    # adapter against its base needs them.
+    tensor_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
 
     def details(self) -> dict:
         return {
@@ -174,12 +177,14 @@ def _parse(buf: mmap.mmap, verbose: bool) -> GGUFInfo:
         model_info[key] = value if (count is None or count == 0 or verbose) else None
 
     tensors = []  # (type, element count, offset)
+    shapes: dict[str, tuple[int, ...]] = {}
     for _ in range(n_tensors):
-        cur.string(keep=False)
+        tensor_name = cur.string()
         n_dims = cur.scalar("I")
         if n_dims > _MAX_DIMS:
             raise InvalidGGUF(f"tensor with {n_dims} dimensions")
         dims = [cur.scalar("Q") for _ in range(n_dims)]
+        shapes[tensor_name] = tuple(dims)
         tensors.append((cur.scalar("I"), math.prod(dims), cur.scalar("Q")))
 
     alignment = metadata.get("general.alignment", 32)
@@ -227,6 +232,7 @@ def _parse(buf: mmap.mmap, verbose: bool) -> GGUFInfo:
         vocab_size=counts.get("tokenizer.ggml.tokens"),
         tensor_count=n_tensors,
         metadata=metadata,
+        tensor_shapes=shapes,
     )
 
 

@@ -41,7 +41,7 @@ from .oci import (
     NETWORK_ERRORS, Credential, RegistryClient, RegistryError, TokenCache, TransientError, Unauthorized,
     load_credentials, new_session,
 )
-from .store import DigestMismatch, Store, StoreError
+from .store import DigestMismatch, Store, StoreError, fsync_dir, unlink_quietly
 
 try:
     import fcntl
@@ -289,7 +289,7 @@ class BlobDownload:
                     log.warning("%s: digest mismatch after resuming; downloading it again", self.digest[7:19])
                     retried_fresh = True
                     continue
-                _unlink(data_path)  # still ours: we hold the lock
+                unlink_quietly(data_path)  # still ours: we hold the lock
                 raise BlobDigestMismatch(self.digest, got)
             await asyncio.to_thread(self._publish, fd, data_path, state_path)
         finally:
@@ -318,8 +318,8 @@ class BlobDownload:
         if self.store.has_blob(self.digest):
             try:
                 if os.stat(data_path).st_ino == os.fstat(fd).st_ino:
-                    _unlink(data_path)
-                    _unlink(state_path)
+                    unlink_quietly(data_path)
+                    unlink_quietly(state_path)
             except FileNotFoundError:
                 pass
             return False
@@ -342,7 +342,7 @@ class BlobDownload:
         return parts, False
 
     def _discard(self, fd: int, state_path: Path) -> None:
-        _unlink(state_path)
+        unlink_quietly(state_path)
         os.ftruncate(fd, 0)
         self.completed = 0
 
@@ -452,9 +452,9 @@ class BlobDownload:
                 while chunk := src.read(MiB):
                     writer.write(chunk)
                 writer.commit(self.digest)
-            _unlink(data_path)
-        _fsync_dir(self.store.blobs_dir)
-        _unlink(state_path)
+            unlink_quietly(data_path)
+        fsync_dir(self.store.blobs_dir)
+        unlink_quietly(state_path)
 
 
 class _PrefixHasher:
@@ -533,26 +533,6 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     while len(data):
         n = os.pwrite(fd, data, offset)
         data, offset = data[n:], offset + n
-
-
-def _unlink(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def partial_files(store: Store) -> list[Path]:
@@ -656,4 +636,4 @@ async def pull_model(store: Store, name: ModelName, progress: Progress, *, insec
 def _remove_unused(store: Store, digests: set[str]) -> None:
     still_used = store.referenced_digests(strict=True)
     for digest in digests - still_used:
-        _unlink(store.blob_path(digest))
+        unlink_quietly(store.blob_path(digest))

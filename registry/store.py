@@ -61,7 +61,7 @@ class StoredModel:
     path: Path | None = None  # the manifest file
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     # Makes the rename itself durable; not possible on every platform, hence best effort.
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -87,7 +87,7 @@ def _open_temp(directory: Path):
     return path, f
 
 
-def _unlink_quietly(path: Path) -> None:
+def unlink_quietly(path: Path) -> None:
     try:
         path.unlink()
     except FileNotFoundError:
@@ -128,7 +128,7 @@ class BlobWriter:
                 os.chmod(self._path, 0o644)
                 os.replace(self._path, final)
                 self._close()
-                _fsync_dir(self._store.blobs_dir)
+                fsync_dir(self._store.blobs_dir)
         except BaseException:
             self._discard()
             self._done = True
@@ -147,7 +147,7 @@ class BlobWriter:
 
     def _discard(self) -> None:
         # Unlink before closing, so that cleanup never sees an unlocked temp file of ours.
-        _unlink_quietly(self._path)
+        unlink_quietly(self._path)
         self._close()
 
     def __enter__(self) -> "BlobWriter":
@@ -281,9 +281,9 @@ class Store:
                 os.chmod(tmp, 0o644)
                 os.replace(tmp, final)
         except BaseException:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise
-        _fsync_dir(directory)
+        fsync_dir(directory)
 
     def delete(self, name: ModelName) -> bool:
         stored = self.find(name)
@@ -299,7 +299,7 @@ class Store:
                 log.warning("not removing blobs of %s: %s", name.display, exc)
                 return True
             for digest in stored.manifest.digests() - still_used:
-                _unlink_quietly(self.blob_path(digest))
+                unlink_quietly(self.blob_path(digest))
         return True
 
     def _prune_empty_dirs(self, directory: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,41 @@ def env_int(name: str, default: int) -> int:
 
 def env_bool(name: str) -> bool:
     return (env(name) or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+_TRUE, _FALSE = ("1", "t", "true", "yes", "on"), ("0", "f", "false", "no", "off")
+
+
+def env_tristate(name: str) -> bool | None:
+    """True / False where set (Go's ParseBool spellings and on/off, yes/no), None where unset."""
+    value = env(name)
+    if value is None:
+        return None
+    text = value.strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise SystemExit(f"Error: LM_{name} must be true or false (1/0, on/off), got {value!r}")
+
+
+KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")  # as Ollama's OLLAMA_KV_CACHE_TYPE
+
+
+def kv_cache_settings(kv_type: str | None, flash: bool | None) -> tuple[str, str, str | None]:
+    """(KV cache type, flash attention "on"/"off"/"auto", warning or None) for the runners.
+
+    llama.cpp needs flash attention for a quantized V cache. As Ollama: a quantized cache with flash
+    attention turned off falls back to f16 with a warning; with flash attention unset it turns it on.
+    An unknown type is a startup error (SystemExit)."""
+    kv = (kv_type or "f16").strip().lower()
+    if kv not in KV_CACHE_TYPES:
+        raise SystemExit(f"Error: LM_KV_CACHE_TYPE must be one of {', '.join(KV_CACHE_TYPES)}, got {kv_type!r}")
+    mode = "auto" if flash is None else "on" if flash else "off"
+    if kv != "f16" and mode == "off":
+        return "f16", mode, (f"LM_KV_CACHE_TYPE={kv} needs flash attention, which LM_FLASH_ATTENTION "
+                             "turns off: using f16")
+    if kv != "f16":
+        mode = "on"
+    return kv, mode, None
 
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*\Z", re.IGNORECASE)
@@ -132,8 +168,8 @@ class Settings:
     max_loaded_models: int  # 0: as many as fit
     max_queue: int
     context_length: int
-    flash_attention: bool
-    kv_cache_type: str
+    flash_attention: bool | None  # None: llama.cpp decides (on where the device supports it)
+    kv_cache_type: str  # f16, q8_0, q4_0 (see kv_cache_settings)
     load_timeout: float
     debug: bool
     noprune: bool
@@ -151,11 +187,22 @@ class Settings:
     shutdown_timeout: float = 10.0  # LM_SHUTDOWN_TIMEOUT: grace for in-flight requests on SIGTERM
     prune_grace: float = 3600.0  # LM_PRUNE_GRACE: unreferenced blobs younger than this are kept
     log_format: str = "text"  # LM_LOG_FORMAT: text or json
+    sched_spread: bool = False  # LM_SCHED_SPREAD: split every model across all GPUs, even one that fits one
+
+    @property
+    def engine_kv(self) -> tuple[str, str]:
+        """(KV cache type, flash attention mode) as the runners get them."""
+        kv, flash, _warning = kv_cache_settings(self.kv_cache_type, self.flash_attention)
+        return kv, flash
 
     @classmethod
     def from_env(cls) -> "Settings":
         host, port, _ = parse_host(env("HOST"))
         models = env("MODELS") or platformdirs.user_data_dir("lm") + "/models"
+        flash = env_tristate("FLASH_ATTENTION")
+        kv_type, _mode, warning = kv_cache_settings(env("KV_CACHE_TYPE"), flash)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
         return cls(
             host=host,
             port=port,
@@ -165,8 +212,8 @@ class Settings:
             max_loaded_models=env_int("MAX_LOADED_MODELS", 0),
             max_queue=env_int("MAX_QUEUE", 512),
             context_length=env_int("CONTEXT_LENGTH", 4096),
-            flash_attention=env_bool("FLASH_ATTENTION"),
-            kv_cache_type=env("KV_CACHE_TYPE", "f16"),
+            flash_attention=flash,
+            kv_cache_type=kv_type,
             load_timeout=parse_duration(env("LOAD_TIMEOUT", "5m")),
             debug=env_bool("DEBUG"),
             noprune=env_bool("NOPRUNE"),
@@ -182,6 +229,7 @@ class Settings:
             shutdown_timeout=env_duration("SHUTDOWN_TIMEOUT", "10s"),
             prune_grace=env_duration("PRUNE_GRACE", "1h"),
             log_format=(env("LOG_FORMAT", "text") or "text").strip().lower(),
+            sched_spread=env_tristate("SCHED_SPREAD") or False,
         )
 
     @property

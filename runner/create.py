@@ -27,6 +27,8 @@ from registry import (
     read_gguf_info,
 )
 from registry.convert import ConvertError, QuantizeError, convert_directory, quantize_file, quantize_type
+from registry.convert.lora import AdapterError, check_gguf_adapter, check_peft_adapter, convert_peft_adapter
+from registry.gguf_info import GGUFInfo, is_gguf
 from registry.convert.quantize import QUANTIZABLE_SOURCES
 from registry.store import TEMP_PREFIX
 
@@ -128,12 +130,19 @@ def create_model(store: Store, req: CreateRequest, progress: Progress) -> None:
                 base_params = json.loads(store.read_blob_bytes(layer.digest))
         config = json.loads(store.read_blob_bytes(source.manifest.config.digest))
         progress(f"using existing layers of {source.name.display}")
+        if quantize:  # refused before anything is written
+            _check_quantizable(_model_layer_info(store, layers), quantize)
+        adapters = _check_adapters(store, req.adapters, _base_info(store, layers), progress) if req.adapters else []
     else:
         path, digest = _model_file(store, req.files, quantize, progress)
         try:
             info = read_gguf_info(path)
         except InvalidGGUF as exc:
             raise CreateError(f"invalid model file: {exc}") from None
+        if quantize:  # refused before anything is written
+            _check_quantizable(info, quantize)
+        # Adapters are checked against the base before any other layer is written: a mismatch leaves nothing.
+        adapters = _check_adapters(store, req.adapters, info, progress)
         layers[MEDIA_MODEL] = [Layer(MEDIA_MODEL, digest, path.stat().st_size)]
         config = _config_blob(info)
         if req.template is None and info.chat_template:
@@ -151,11 +160,8 @@ def create_model(store: Store, req: CreateRequest, progress: Progress) -> None:
         layers[MEDIA_MODEL] = [layer]
         config = {**config, "file_type": info.file_type}
 
-    for name, digest in req.adapters.items():
-        digest = _digest(digest)
-        if not store.has_blob(digest):
-            raise CreateError(f"adapter blob {digest} ({name}) not found")
-        layers.setdefault(MEDIA_ADAPTER, []).append(Layer(MEDIA_ADAPTER, digest, store.blob_path(digest).stat().st_size))
+    if adapters:
+        layers.setdefault(MEDIA_ADAPTER, []).extend(_write_adapters(store, adapters, progress))
     if req.template is not None:
         try:
             parse_template(req.template)
@@ -192,6 +198,91 @@ def create_model(store: Store, req: CreateRequest, progress: Progress) -> None:
     progress("writing manifest")
     store.write_manifest(req.model, Manifest(config=Layer(MEDIA_CONFIG, config_digest, config_size), layers=ordered))
     progress("success")
+
+
+@dataclass
+class _Adapter:
+    """One adapter of the request: a GGUF LoRA blob used as it is, or a PEFT adapter's files to convert."""
+
+    label: str
+    base: GGUFInfo
+    digest: str | None = None  # the GGUF LoRA's blob
+    group: PurePosixPath | None = None  # else the PEFT adapter's directory in the request...
+    peft_config: Path | None = None  # ...and its files' blobs
+    peft_weights: list[Path] | None = None
+
+
+def _base_info(store: Store, layers: dict) -> GGUFInfo:
+    models = layers.get(MEDIA_MODEL) or []
+    if len(models) != 1:
+        raise CreateError("adapters need a base model of exactly one model layer")
+    try:
+        return read_gguf_info(store.blob_path(models[0].digest))
+    except InvalidGGUF as exc:
+        raise CreateError(f"invalid base model: {exc}") from None
+
+
+def _check_adapters(store: Store, adapters: dict, base: GGUFInfo, progress: Progress) -> list[_Adapter]:
+    """The request's adapters, checked against `base`; nothing is written. Each GGUF file is one
+    adapter; other files are grouped by directory, each group a PEFT adapter (adapter_config.json
+    and adapter_model*.safetensors: Ollama's CLI sends one adapter's files under their bare names;
+    ours prefixes a directory per adapter when it sends several)."""
+    found: list[_Adapter] = []
+    groups: dict[PurePosixPath, dict[str, Path]] = {}
+    for name, value in adapters.items():
+        rel = _safe_relative(name)
+        digest = _digest(value)
+        blob = store.blob_path(digest)
+        if not blob.is_file():
+            raise CreateError(f"adapter blob {digest} ({name}) not found; upload it with POST /api/blobs/{digest} first")
+        if is_gguf(blob):
+            found.append(_Adapter(f"adapter {name}", base, digest=digest))
+            continue
+        if rel.parent not in groups:
+            groups[rel.parent] = {}
+            where = "" if str(rel.parent) == "." else f" {rel.parent}"
+            found.append(_Adapter(f"adapter{where}", base, group=rel.parent))
+        groups[rel.parent][rel.name] = blob
+    for adapter in found:
+        if adapter.group is not None:
+            files = groups[adapter.group]
+            adapter.peft_config = files.get("adapter_config.json")
+            adapter.peft_weights = [blob for fname, blob in sorted(files.items()) if fname.endswith(".safetensors")]
+            if adapter.peft_config is None or not adapter.peft_weights:
+                raise CreateError(f"{adapter.label}: expected a GGUF LoRA file, or a PEFT adapter "
+                                  f"(adapter_config.json and adapter_model.safetensors); got {', '.join(sorted(files))}")
+    if found:
+        progress("checking adapters against the base model")
+    try:
+        for adapter in found:
+            if adapter.digest is not None:
+                check_gguf_adapter(store.blob_path(adapter.digest), base, adapter.label)
+            else:
+                check_peft_adapter(adapter.peft_config, adapter.peft_weights, base, adapter.label)
+    except AdapterError as exc:
+        raise CreateError(str(exc)) from None
+    return found
+
+
+def _write_adapters(store: Store, adapters: list[_Adapter], progress: Progress) -> list[Layer]:
+    """Adapter layers for checked adapters: a GGUF LoRA as it is, a PEFT adapter converted to one."""
+    out = []
+    for adapter in adapters:
+        digest = adapter.digest
+        if digest is None:
+            progress(f"converting {adapter.label}")
+            try:
+                with store.blob_writer() as writer:  # straight into the store, hashed on the way
+                    convert_peft_adapter(adapter.peft_config, adapter.peft_weights, adapter.base, writer,
+                                         adapter.label)
+                    digest, _size = writer.commit()
+            except AdapterError as exc:
+                raise CreateError(str(exc)) from None
+            progress(f"creating new layer {digest}")
+        else:
+            progress(f"using existing layer {digest}")
+        out.append(Layer(MEDIA_ADAPTER, digest, store.blob_path(digest).stat().st_size))
+    return out
 
 
 def _model_file(store: Store, files: dict, quantize: str | None, progress: Progress) -> tuple[Path, str]:
@@ -269,8 +360,7 @@ def _quantize_file(store: Store, src: Path, qtype: str, progress: Progress) -> t
         raise CreateError(f"invalid model file: {exc}") from None
     if info.file_type == qtype:
         return None
-    if info.file_type not in QUANTIZABLE_SOURCES:
-        raise CreateError("quantization is only supported for F16, BF16 and F32 models")
+    _check_quantizable(info, qtype)
     progress(f"quantizing {info.file_type} model to {qtype}")
     out = _temp_path(store, "quantize")
     try:
@@ -281,6 +371,22 @@ def _quantize_file(store: Store, src: Path, qtype: str, progress: Progress) -> t
         return store.add_blob_file(out)
     finally:
         _unlink(out)
+
+
+def _check_quantizable(info, qtype: str) -> None:
+    """As Ollama (its current message): only unquantized models are quantized; one already of `qtype` is kept."""
+    if info.file_type != qtype and info.file_type not in QUANTIZABLE_SOURCES:
+        raise CreateError("quantization is only supported for F16, BF16 and F32 models")
+
+
+def _model_layer_info(store: Store, layers: dict):
+    models = layers.get(MEDIA_MODEL) or []
+    if len(models) != 1:
+        raise CreateError("quantization needs exactly one model layer")
+    try:
+        return read_gguf_info(store.blob_path(models[0].digest))
+    except InvalidGGUF as exc:
+        raise CreateError(f"invalid model file: {exc}") from None
 
 
 def _quantize(store: Store, layer: Layer, qtype: str, progress: Progress):

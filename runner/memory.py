@@ -1,18 +1,26 @@
-"""How a model is placed: GPU layers and slot count from free memory and the GGUF's shape."""
+"""How a model is placed: GPU layers, GPUs, tensor split and slot count from free memory and the GGUF's shape.
+
+`plan_gpus` is the planner: a pure function of the model's shape, each GPU's free bytes and the settings,
+so tests drive it with given numbers. `place` gathers those inputs (nvidia-smi, the installed llama.cpp's
+backend) and calls it.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 GIB = 1024**3
-SAFETY_MARGIN = 1 * GIB  # CUDA context, compute buffers, fragmentation
+SAFETY_MARGIN = 1 * GIB  # per GPU used: CUDA context, compute buffers, fragmentation
 MAX_GPU_SLOTS = 64
 CPU_SLOTS = 4
-_KV_BYTES = {"f16": 2.0, "f32": 4.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+# Bytes per KV element (ggml block sizes: q8_0 is 34 bytes per 32 values, q4_0 18 per 32)
+KV_ELEMENT_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+KV_PAD = 256  # llama.cpp pads the context (and each sequence's share of it) to a multiple of 256 cells
 
 
 @lru_cache(maxsize=1)
@@ -28,18 +36,70 @@ def gpu_backend() -> str:
     return "metal" if sys.platform == "darwin" else "cuda"
 
 
-def free_gpu_memory() -> int:
-    """Free bytes on the first CUDA GPU (0 when unknown)."""
+# -- GPU discovery ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GpuInfo:
+    index: int  # the CUDA ordinal the runner sees (position among the visible GPUs)
+    free: int  # bytes
+    total: int = 0
+    name: str = ""
+    uuid: str = ""
+
+
+def _visible(gpus: list[GpuInfo], visible: str | None) -> list[GpuInfo]:
+    """The GPUs CUDA_VISIBLE_DEVICES leaves, in its order, renumbered as CUDA numbers them.
+
+    Entries are nvidia-smi indices or UUIDs (or their prefixes); as in CUDA, an invalid entry ends the list.
+    Entries nvidia-smi cannot name (MIG instances) leave the list as it is: better a rough estimate than
+    none."""
+    if visible is None:
+        return gpus
+    if not visible.strip():
+        return []
+    out: list[GpuInfo] = []
+    for entry in (e.strip() for e in visible.split(",")):
+        match = [g for g in gpus if (entry.isdigit() and g.index == int(entry))
+                 or (entry and not entry.isdigit() and g.uuid.startswith(entry))]
+        if len(match) != 1 or match[0] in out:
+            if not out and entry.upper().startswith("MIG-"):
+                return gpus
+            break
+        out.append(match[0])
+    return [GpuInfo(i, g.free, g.total, g.name, g.uuid) for i, g in enumerate(out)]
+
+
+def parse_nvidia_smi(text: str, visible: str | None = None) -> list[GpuInfo]:
+    """GPUs from `nvidia-smi --query-gpu=index,uuid,name,memory.free,memory.total --format=csv,noheader,nounits`."""
+    gpus = []
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) != 5:
+            continue
+        try:
+            gpus.append(GpuInfo(int(parts[0]), int(parts[3]) * 1024 * 1024, int(parts[4]) * 1024 * 1024,
+                                parts[2], parts[1]))
+        except ValueError:
+            continue  # "[N/A]" on some devices
+    return _visible(gpus, visible)
+
+
+def gpu_devices() -> list[GpuInfo]:
+    """The CUDA GPUs the runner will see, with their free memory now ([] when unknown).
+
+    nvidia-smi, not llama.cpp: querying CUDA in the daemon would put a CUDA context on every GPU. Its
+    indices are in PCI bus order; the runner is started with CUDA_DEVICE_ORDER=PCI_BUS_ID so that CUDA
+    numbers the GPUs the same way (see runner/engine/__main__.py)."""
     if not shutil.which("nvidia-smi"):
-        return 0
+        return []
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
+            ["nvidia-smi", "--query-gpu=index,uuid,name,memory.free,memory.total", "--format=csv,noheader,nounits"],
             capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.split()
-        return int(out[0]) * 1024 * 1024
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return 0
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return parse_nvidia_smi(out, os.environ.get("CUDA_VISIBLE_DEVICES"))
 
 
 def available_ram() -> int | None:
@@ -54,6 +114,52 @@ def available_ram() -> int | None:
     return None
 
 
+# -- the model's shape and its KV cache ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelShape:
+    weights_bytes: int
+    n_layers: int
+    n_head_kv: int
+    key_length: int  # per head
+    value_length: int
+
+    @classmethod
+    def from_gguf(cls, info) -> "ModelShape":
+        """From registry.GGUFInfo. Head sizes come from attention.key_length/value_length where the GGUF
+        has them (gemma3: 256, not n_embd / n_head)."""
+        n_head = info.head_count or 1
+        head_dim = (info.embedding_length or 0) // n_head
+        meta = info.metadata or {}
+
+        def meta_int(key: str, default: int) -> int:
+            value = meta.get(f"{info.architecture}.{key}")
+            return value if isinstance(value, int) and value > 0 else default
+
+        n_head_kv = info.head_count_kv if isinstance(info.head_count_kv, int) else n_head
+        return cls(info.tensor_bytes, info.block_count or 1, n_head_kv or n_head,
+                   meta_int("attention.key_length", head_dim), meta_int("attention.value_length", head_dim))
+
+
+def kv_bytes_per_token(shape: ModelShape, kv_type: str) -> int:
+    """K and V of every layer for one cell (both of `kv_type`, as the runner sets type_k = type_v)."""
+    elements = shape.n_layers * shape.n_head_kv * (shape.key_length + shape.value_length)
+    return int(elements * KV_ELEMENT_BYTES.get(kv_type, 2.0))
+
+
+def _pad(n: int, to: int = KV_PAD) -> int:
+    return -(-n // to) * to
+
+
+def kv_cells(num_ctx: int, slots: int, unified: bool) -> int:
+    """Cells llama.cpp allocates for `slots` sequences of `num_ctx` (llama_context's padding rules): one
+    pool padded to 256, or, per sequence, its share of that pool padded to 256 again."""
+    total = _pad(num_ctx * slots)
+    return total if unified else _pad(total // slots) * slots
+
+
+# -- placements ----------------------------------------------------------------------------------
+
 @dataclass
 class Placement:
     gpu_layers: int
@@ -61,6 +167,11 @@ class Placement:
     parallel: int
     weights_bytes: int
     kv_bytes: int
+    kv_type: str = "f16"
+    split_mode: str = "none"  # "none": one GPU (main_gpu); "layer": layers spread by tensor_split
+    main_gpu: int = 0
+    tensor_split: tuple[float, ...] = ()  # per CUDA ordinal, for split_mode "layer"
+    gpus: tuple[tuple[int, int], ...] = field(default=())  # (CUDA ordinal, estimated bytes) per GPU used
 
     @property
     def size(self) -> int:
@@ -73,38 +184,98 @@ class Placement:
         frac = min(self.gpu_layers, self.n_layers) / self.n_layers
         return int(self.size * frac)
 
+    @property
+    def kv_bytes_per_slot(self) -> int:
+        return self.kv_bytes // max(self.parallel, 1)
 
-def kv_bytes_per_token(n_layers: int, n_embd: int, n_head: int, n_head_kv: int, kv_type: str) -> int:
-    head_dim = n_embd // max(n_head, 1)
-    return int(2 * n_layers * n_head_kv * head_dim * _KV_BYTES.get(kv_type, 2.0))
+
+def _cpu_placement(shape: ModelShape, per_token: int, num_ctx: int, slots: int, kv_type: str,
+                   gpu_layers: int = 0, unified: bool = False) -> Placement:
+    # main_gpu -1 with split_mode "none": llama.cpp then uses no GPU at all (no CUDA context either)
+    return Placement(gpu_layers, shape.n_layers, slots, shape.weights_bytes,
+                     per_token * kv_cells(num_ctx, slots, unified), kv_type, main_gpu=0 if gpu_layers else -1)
 
 
-def place(*, weights_bytes: int, n_layers: int, n_embd: int, n_head: int, n_head_kv: int, num_ctx: int,
-          kv_type: str, num_gpu: int | None, parallel: int | None) -> Placement:
-    per_token = kv_bytes_per_token(n_layers, n_embd, n_head, n_head_kv, kv_type)
+def plan_gpus(shape: ModelShape, gpus: list[GpuInfo], *, num_ctx: int, kv_type: str = "f16",
+              parallel: int | None = None, num_gpu: int | None = None, main_gpu: int | None = None,
+              spread: bool = False, margin: int = SAFETY_MARGIN) -> Placement:
+    """Where a model goes on CUDA GPUs. Pure: no I/O, so tests give it the numbers.
+
+    A model that fits one GPU whole goes on one (the one with the most free memory, or `main_gpu`):
+    no traffic between GPUs. One that fits none alone (or any model when `spread`) is split by layers
+    across all GPUs, each getting a share proportional to its free memory, so that each fills alike.
+    What fits nowhere whole is offloaded in part (the first layers stay on the CPU), across all GPUs.
+    `num_gpu` (Ollama's option: layers to offload; 0 keeps the model on the CPU) overrides the count.
+    Slots: `parallel`, or as many as fit beside the weights (CPU_SLOTS..MAX_GPU_SLOTS)."""
+    per_token = kv_bytes_per_token(shape, kv_type)
+    min_slots = parallel or CPU_SLOTS
+    if not gpus or num_gpu == 0:
+        return _cpu_placement(shape, per_token, num_ctx, min_slots, kv_type)
+    usable = {g.index: max(g.free - margin, 0) for g in gpus}
+    n_all = shape.n_layers + 1  # the repeating layers and the output layer
+
+    def need(slots: int) -> int:  # the whole model: weights and the KV cache (one pool: --mixed-prefill)
+        return shape.weights_bytes + per_token * kv_cells(num_ctx, slots, unified=True)
+
+    def layer_bytes(layers: int, slots: int) -> int:
+        return need(slots) * min(layers, shape.n_layers) // max(shape.n_layers, 1)
+
+    want = n_all if num_gpu is None or num_gpu < 0 else min(num_gpu, n_all)
+    by_index = sorted(gpus, key=lambda g: g.index)
+    main = next((g for g in gpus if g.index == main_gpu), None)
+    singles = [main] if main else sorted(gpus, key=lambda g: (-usable[g.index], g.index))
+    candidates = [[g] for g in singles] if not (spread and len(gpus) > 1) else []
+    if len(gpus) > 1 or not candidates:
+        candidates.append(by_index)
+    chosen = next((c for c in candidates if sum(usable[g.index] for g in c) >= layer_bytes(want, min_slots)),
+                  candidates[-1])
+    room = sum(usable[g.index] for g in chosen)
+
+    slots = min_slots
+    if not parallel and room >= need(CPU_SLOTS):  # whole on the GPUs: as many slots as fit, within bounds
+        per_slot = max(per_token * num_ctx, 1)
+        slots = max(CPU_SLOTS, min(MAX_GPU_SLOTS, (room - shape.weights_bytes) // per_slot))
+        while slots > CPU_SLOTS and need(slots) > room:  # padding can push the last one over
+            slots -= 1
+    if num_gpu is not None and num_gpu >= 0:
+        layers = want
+    else:
+        per_layer = need(slots) / max(shape.n_layers, 1)
+        layers = int(room // per_layer) if per_layer else n_all
+        layers = n_all if layers >= shape.n_layers else layers
+    if layers <= 0:
+        return _cpu_placement(shape, per_token, num_ctx, slots, kv_type)
+
+    placement = Placement(layers, shape.n_layers, int(slots), shape.weights_bytes,
+                          per_token * kv_cells(num_ctx, slots, unified=True), kv_type)
+    vram = placement.size_vram
+    if len(chosen) == 1:
+        placement.main_gpu = chosen[0].index
+        placement.gpus = ((chosen[0].index, vram),)
+        return placement
+    shares = [usable[g.index] / room if room else 1 / len(chosen) for g in chosen]
+    split = [0.0] * (max(g.index for g in gpus) + 1)
+    for g, share in zip(chosen, shares):
+        split[g.index] = round(share, 4)
+    placement.split_mode = "layer"
+    placement.main_gpu = main.index if main else chosen[0].index
+    placement.tensor_split = tuple(split)
+    placement.gpus = tuple((g.index, int(vram * share)) for g, share in zip(chosen, shares))
+    return placement
+
+
+def place(shape: ModelShape, *, num_ctx: int, kv_type: str, num_gpu: int | None, parallel: int | None,
+          main_gpu: int | None = None, spread: bool = False) -> Placement:
+    """The placement on this machine now."""
+    per_token = kv_bytes_per_token(shape, kv_type)
     backend = gpu_backend()
     if backend == "cpu":
-        slots = parallel or CPU_SLOTS
-        return Placement(0, n_layers, slots, weights_bytes, per_token * num_ctx * slots)
-    if backend == "metal":
-        slots = parallel or CPU_SLOTS
-        layers = n_layers + 1 if num_gpu is None or num_gpu < 0 else num_gpu
-        return Placement(layers, n_layers, slots, weights_bytes, per_token * num_ctx * slots)
-    free = free_gpu_memory() - SAFETY_MARGIN
-    per_slot = per_token * num_ctx
-    if parallel:
-        slots = parallel
-    else:  # as many slots as fit beside the weights, at least CPU_SLOTS
-        room = free - weights_bytes
-        slots = max(CPU_SLOTS, min(MAX_GPU_SLOTS, room // per_slot if per_slot else MAX_GPU_SLOTS))
-    kv = per_slot * slots
-    if num_gpu is not None and num_gpu >= 0:
-        layers = num_gpu
-    else:
-        per_layer = (weights_bytes + kv) / max(n_layers, 1)
-        layers = int(max(free, 0) // per_layer) if per_layer else n_layers
-        layers = n_layers + 1 if layers >= n_layers else layers  # +1: the output layer too
-    return Placement(layers, n_layers, int(slots), weights_bytes, kv)
+        return _cpu_placement(shape, per_token, num_ctx, parallel or CPU_SLOTS, kv_type)
+    if backend == "metal":  # one unified-memory device: llama.cpp offloads what it is told
+        layers = shape.n_layers + 1 if num_gpu is None or num_gpu < 0 else num_gpu
+        return _cpu_placement(shape, per_token, num_ctx, parallel or CPU_SLOTS, kv_type, layers, unified=layers > 0)
+    return plan_gpus(shape, gpu_devices(), num_ctx=num_ctx, kv_type=kv_type, parallel=parallel, num_gpu=num_gpu,
+                     main_gpu=main_gpu, spread=spread)
 
 
 def processor_label(size: int, size_vram: int) -> str:

@@ -40,6 +40,20 @@ def model_dir_files(directory: Path) -> list[Path]:
     return weights + extra
 
 
+def adapter_dir_files(directory: Path, value: str) -> list[Path]:
+    """A PEFT adapter directory's files (adapter_config.json, adapter_model*.safetensors); the server
+    converts them to a GGUF LoRA for the base model."""
+    config = directory / "adapter_config.json"
+    weights = sorted(p for p in directory.glob("adapter_model*.safetensors") if p.is_file())
+    if not config.is_file():
+        raise ModelfileSourceError(f"ADAPTER {value}: {directory} is not a PEFT adapter (no adapter_config.json)")
+    if not weights:
+        hint = " (adapter_model.bin is not supported: save it with safe_serialization=True)" \
+            if (directory / "adapter_model.bin").exists() else ""
+        raise ModelfileSourceError(f"ADAPTER {value}: no adapter_model.safetensors in {directory}{hint}")
+    return [config, *weights]
+
+
 def _resolve_path(value: str, base: Path) -> Path | None:
     """The local file a FROM/ADAPTER value names, or None when it names a model."""
     expanded = Path(os.path.expanduser(value))
@@ -64,13 +78,18 @@ def create_body(name: str, mf: Modelfile, base: Path, blob_for: Callable[[Path],
     else:
         body["from"] = source
     adapters = {}
-    for value in mf.adapters:
+    for i, value in enumerate(mf.adapters):
         path = _resolve_path(value, base) or base / value
+        # The first adapter's files go under their bare names, as Ollama's CLI sends them; each further
+        # one under a directory of its own, so that two PEFT adapters' files do not collide.
+        prefix = f"adapter{i}/" if i else ""
         if path.is_dir():
-            raise ModelfileSourceError(f"ADAPTER {value}: adapter directories are not supported yet")
-        if not path.is_file():
+            for f in adapter_dir_files(path, value):
+                adapters[prefix + f.name] = blob_for(f)
+        elif not path.is_file():
             raise ModelfileSourceError(f"ADAPTER {value}: no such file {path}")
-        adapters[path.name] = blob_for(path)
+        else:
+            adapters[prefix + path.name] = blob_for(path)
     if adapters:
         body["adapters"] = adapters
     for key, value in (("template", mf.template), ("system", mf.system)):

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from .config import Settings
-from .memory import Placement, available_ram, gpu_backend, place
+from .memory import ModelShape, Placement, available_ram, gpu_backend, place
 from .model_config import ModelConfig
 from .runner_process import RunnerError, RunnerProcess
 
@@ -32,6 +32,7 @@ class LoadedModel:
     expires_at: float = FOREVER  # wall-clock time, for /api/ps
     _expiry: asyncio.TimerHandle | None = None
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    main_gpu: int | None = None  # the request's main_gpu option when it was loaded
 
     @property
     def key(self) -> str:
@@ -51,6 +52,11 @@ class Scheduler:
 
     def _num_gpu(self, config: ModelConfig, options: dict) -> int | None:
         value = options.get("num_gpu", config.parameters.get("num_gpu"))
+        return None if value is None else int(value)
+
+    @staticmethod
+    def _main_gpu(config: ModelConfig, options: dict) -> int | None:
+        value = options.get("main_gpu", config.parameters.get("main_gpu"))
         return None if value is None else int(value)
 
     async def acquire(self, config: ModelConfig, options: dict, keep_alive: float | None) -> LoadedModel:
@@ -74,10 +80,12 @@ class Scheduler:
 
     async def _ensure_loaded(self, config: ModelConfig, options: dict, keep_alive: float | None) -> LoadedModel:
         num_ctx, num_gpu = self._num_ctx(config, options), self._num_gpu(config, options)
+        main_gpu = self._main_gpu(config, options)
         lm = self.loaded.get(config.key)
         if lm is not None:
             stale = (lm.num_ctx != num_ctx or lm.config.digest != config.digest
-                     or (num_gpu is not None and num_gpu != lm.num_gpu))
+                     or (num_gpu is not None and num_gpu != lm.num_gpu)
+                     or (main_gpu is not None and main_gpu != lm.main_gpu))
             if not lm.proc.alive:
                 log.warning("runner for %s died; reloading", config.display)
                 await self._unload(lm)
@@ -89,20 +97,30 @@ class Scheduler:
                     lm.keep_alive = keep_alive
                 return lm
         await self._make_room()
-        placement = self._place(config, num_ctx, num_gpu)
+        placement = self._place(config, num_ctx, num_gpu, main_gpu)
         # Memory: a model that would not fit whole on the GPU (or in RAM) first evicts idle models.
         while not self._fits(placement) and any(m.active == 0 for m in self.loaded.values()):
             await self._unload(min((m for m in self.loaded.values() if m.active == 0), key=lambda m: m.expires_at))
-            placement = self._place(config, num_ctx, num_gpu)
-        return await self._load(config, options, placement, num_ctx, num_gpu, keep_alive)
+            placement = self._place(config, num_ctx, num_gpu, main_gpu)
+        lm = await self._load(config, options, placement, num_ctx, num_gpu, keep_alive)
+        lm.main_gpu = main_gpu
+        return lm
 
-    def _place(self, config: ModelConfig, num_ctx: int, num_gpu: int | None) -> Placement:
-        info = config.gguf
+    def _place(self, config: ModelConfig, num_ctx: int, num_gpu: int | None, main_gpu: int | None) -> Placement:
+        kv_type, _flash = self.settings.engine_kv
         return place(
-            weights_bytes=info.tensor_bytes, n_layers=info.block_count or 1, n_embd=info.embedding_length or 0,
-            n_head=info.head_count or 1, n_head_kv=info.head_count_kv or info.head_count or 1, num_ctx=num_ctx,
-            kv_type=self.settings.kv_cache_type, num_gpu=num_gpu, parallel=self.settings.num_parallel or None,
+            ModelShape.from_gguf(config.gguf), num_ctx=num_ctx, kv_type=kv_type, num_gpu=num_gpu,
+            parallel=self.settings.num_parallel or None, main_gpu=main_gpu, spread=self.settings.sched_spread,
         )
+
+    @staticmethod
+    def _placement_args(placement: Placement, kv_type: str, flash: str) -> list[str]:
+        """The runner's arguments for where the model goes and how its KV cache is stored."""
+        args = ["--gpu-layers", str(placement.gpu_layers), "--kv-type", kv_type, "--flash-attn", flash,
+                "--split-mode", placement.split_mode, "--main-gpu", str(placement.main_gpu)]
+        if placement.tensor_split:
+            args += ["--tensor-split", ",".join(f"{x:g}" for x in placement.tensor_split)]
+        return args
 
     @staticmethod
     def _fits(placement: Placement) -> bool:
@@ -128,9 +146,9 @@ class Scheduler:
 
     async def _load(self, config: ModelConfig, options: dict, placement: Placement, num_ctx: int,
                     num_gpu: int | None, keep_alive) -> LoadedModel:
+        kv_type, flash = self.settings.engine_kv
         args = ["--ctx", str(num_ctx), "--parallel", str(placement.parallel),
-                "--gpu-layers", str(placement.gpu_layers), "--kv-type", self.settings.kv_cache_type,
-                "--flash-attn", "on" if self.settings.flash_attention else "auto"]
+                *self._placement_args(placement, kv_type, flash)]
         threads = options.get("num_thread") or config.parameters.get("num_thread")
         if threads:
             args += ["--threads", str(int(threads))]
@@ -138,9 +156,13 @@ class Scheduler:
             args.append("--mixed-prefill")  # GPU: throughput over bit-exact batch invariance
         if "embedding" in config.capabilities:
             args.append("--embedding")  # an embedding model (BERT and kin): no generation context
+        for adapter in config.adapters:  # LoRA layers, applied in manifest order
+            args += ["--adapter", str(adapter)]
         proc = RunnerProcess(config.model_path, args, debug=self.settings.debug)
-        log.info("loading %s (ctx %d, %d slots, %d GPU layers)", config.display, num_ctx, placement.parallel,
-                 placement.gpu_layers)
+        gpus = ", ".join(f"GPU{i} {b / 2**30:.1f} GiB" for i, b in placement.gpus)
+        log.info("loading %s (ctx %d, %d slots, %d GPU layers%s; KV cache %s, %.1f MiB per slot, flash attention %s)",
+                 config.display, num_ctx, placement.parallel, placement.gpu_layers, f": {gpus}" if gpus else "",
+                 kv_type, placement.kv_bytes_per_slot / 2**20, flash)
         await proc.start(self.settings.load_timeout)
         lm = LoadedModel(config, num_ctx, num_gpu, placement, proc,
                          keep_alive if keep_alive is not None else self.settings.keep_alive)

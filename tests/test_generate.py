@@ -14,6 +14,7 @@ import ollama
 import pytest
 
 from tests.conftest import REPO
+from tests.test_faults import runner_pids
 
 STAT_FIELDS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count",
                "eval_duration")
@@ -228,23 +229,6 @@ def test_cli_ps_and_stop(daemon, tiny):
 
 # -- scheduling, faults and overload: daemons of their own ------------------------------------------
 
-def _runner_pids(daemon_pid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read()
-        except OSError:
-            continue
-        if ppid == daemon_pid and b"runner.engine" in cmd:
-            pids.append(int(entry))
-    return pids
-
-
 def _stream_first_line(url: str, body: dict):
     req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
     resp = urllib.request.urlopen(req, timeout=60)
@@ -258,14 +242,14 @@ def test_runner_killed_mid_request_gives_error_then_recovers(make_daemon, tiny_g
     resp, first = _stream_first_line(d.url + "/api/generate", {"model": "tiny", "prompt": "go",
                                                                "options": {"num_predict": 100000}})
     assert "response" in first
-    (pid,) = _runner_pids(d.proc.pid)
+    (pid,) = runner_pids(d.proc.pid)
     os.kill(pid, signal.SIGKILL)
     rest = [json.loads(line) for line in resp.read().splitlines() if line.strip()]
     assert "error" in rest[-1] and "stopped" in rest[-1]["error"]
     status, body = d.post("/api/generate", {"model": "tiny", "prompt": "again", "stream": False,
                                             "options": {"num_predict": 4}})
     assert status == 200 and body["done"]
-    assert _runner_pids(d.proc.pid) and pid not in _runner_pids(d.proc.pid)
+    assert runner_pids(d.proc.pid) and pid not in runner_pids(d.proc.pid)
 
 
 def test_disconnect_frees_the_slot(make_daemon, tiny_gguf):

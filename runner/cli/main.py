@@ -162,9 +162,19 @@ def ps() -> None:
         models = client.json("GET", "/api/ps").get("models", [])
     except ClientError as exc:
         fail(str(exc))
-    rows = [[m["name"], m["digest"][:12], human_size(m["size"]), m.get("processor", "100% CPU"),
+    rows = [[m["name"], m["digest"][:12], human_size(m["size"]), _processor(m),
              str(m.get("context_length", "")), until(m["expires_at"])] for m in models]
     typer.echo(table(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"], rows))
+
+
+def _processor(model: dict) -> str:
+    """Ollama's "100% GPU", and for a model split across GPUs each one's share: "100% GPU (0: 55%, 1: 45%)"."""
+    label = model.get("processor", "100% CPU")
+    gpus = model.get("gpus") or []
+    total = sum(g.get("size_vram", 0) for g in gpus)
+    if len(gpus) > 1 and total > 0:
+        label += " (" + ", ".join(f"{g['id']}: {round(100 * g['size_vram'] / total)}%" for g in gpus) + ")"
+    return label
 
 
 @app.command()

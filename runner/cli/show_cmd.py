@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .format import human_size
+
 
 def _section(title: str, rows: list[tuple[str, str]]) -> list[str]:
     if not rows:
@@ -29,6 +31,8 @@ def print_show(info: dict, verbose: bool = False) -> None:
     model_rows.append(("quantization", details.get("quantization_level", "")))
     out = _section("Model", model_rows)
     out += _section("Capabilities", [(c, "") for c in info.get("capabilities", [])])
+    out += _section("Adapters", [(a.get("digest", "").removeprefix("sha256:")[:12], human_size(a.get("size") or 0))
+                                 for a in info.get("adapters") or []])
     params = [line.split(None, 1) for line in info.get("parameters", "").splitlines() if line.strip()]
     out += _section("Parameters", [(p[0], p[1] if len(p) > 1 else "") for p in params])
     if info.get("system"):

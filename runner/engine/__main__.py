@@ -11,6 +11,10 @@ import os
 import sys
 import threading
 
+# The daemon numbers GPUs as nvidia-smi does (PCI bus order); make CUDA agree, so that main_gpu and
+# tensor_split name the same GPUs. Must be set before llama.cpp (imported below) initialises CUDA.
+os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+
 from .model import ContextConfig, LoadedModel, ModelLoadError
 
 
@@ -23,12 +27,15 @@ def _args() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--gpu-layers", type=int, default=0)
     p.add_argument("--main-gpu", type=int, default=0)
+    p.add_argument("--split-mode", default="layer", choices=("none", "layer", "row"))
+    p.add_argument("--tensor-split", default="", help="comma-separated share of the layers per GPU, e.g. 0.6,0.4")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--flash-attn", default="auto")
     p.add_argument("--kv-type", default="f16")
     p.add_argument("--no-mmap", action="store_true")
     p.add_argument("--mixed-prefill", action="store_true", help="mix prefill chunks into decode steps (GPU)")
     p.add_argument("--embedding", action="store_true", help="an embedding model: no generation context")
+    p.add_argument("--adapter", action="append", default=[], help="a GGUF LoRA adapter to apply (repeatable)")
     return p.parse_args()
 
 
@@ -73,11 +80,13 @@ def main() -> None:
     threading.stack_size(64 * 1024 * 1024)  # the engine thread runs llama.cpp's decode: give it room
     cfg = ContextConfig(
         n_ctx_per_seq=args.ctx, n_seq=args.parallel, n_batch=args.batch, n_gpu_layers=args.gpu_layers,
-        main_gpu=args.main_gpu, n_threads=args.threads, flash_attn=args.flash_attn, kv_type=args.kv_type,
+        main_gpu=args.main_gpu, split_mode=args.split_mode,
+        tensor_split=tuple(float(x) for x in args.tensor_split.split(",") if x.strip()),
+        n_threads=args.threads, flash_attn=args.flash_attn, kv_type=args.kv_type,
         use_mmap=not args.no_mmap, kv_unified=args.mixed_prefill, embedding_only=args.embedding,
     )
     try:
-        model = LoadedModel(args.model, cfg)
+        model = LoadedModel(args.model, cfg, adapters=args.adapter)
     except ModelLoadError as exc:
         # The daemon reports the last "error:" line of a runner that failed to start.
         print(f"error: {exc}", file=sys.stderr, flush=True)

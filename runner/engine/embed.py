@@ -120,6 +120,7 @@ class EmbedEngine:
         self.ctx = ll.llama_init_from_model(model, cp)
         if not self.ctx:
             raise RuntimeError("llama.cpp could not create an embedding context (out of memory?)")
+        loaded.apply_adapters(self.ctx)  # a fine-tuned model embeds as fine-tuned
         self.memory = ll.llama_get_memory(self.ctx)  # NULL for encoders: nothing to clear between batches
         self.buffer = BatchBuffer(self.n_batch)
         self._waiting: deque[_Seq] = deque()

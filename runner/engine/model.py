@@ -30,7 +30,10 @@ class ContextConfig:
     n_seq: int = 4
     n_batch: int = 512
     n_gpu_layers: int = 0
-    main_gpu: int = 0
+    main_gpu: int = 0  # with split_mode "none": the one GPU used (-1: none)
+    # "none": one GPU; "layer": whole layers (and their KV) spread over the GPUs by tensor_split
+    split_mode: str = "layer"
+    tensor_split: tuple[float, ...] = ()  # share per CUDA device, by ordinal; () lets llama.cpp split by free memory
     n_threads: int = 0  # 0: all cores
     flash_attn: str = "auto"  # "auto", "on", "off"
     kv_type: str = "f16"
@@ -43,20 +46,41 @@ class ContextConfig:
     embedding_only: bool = False
 
 
-_KV_TYPES = {"f16": 1, "f32": 0, "q8_0": 8, "q4_0": 2}  # ggml_type values
-_FLASH = {"auto": -1, "off": 0, "on": 1}
+_KV_TYPES = {"f16": ll.GGML_TYPE_F16, "f32": ll.GGML_TYPE_F32, "q8_0": ll.GGML_TYPE_Q8_0, "q4_0": ll.GGML_TYPE_Q4_0}
+_FLASH = {"auto": ll.LLAMA_FLASH_ATTN_TYPE_AUTO, "off": ll.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+          "on": ll.LLAMA_FLASH_ATTN_TYPE_ENABLED}
+_SPLIT = {"none": ll.LLAMA_SPLIT_MODE_NONE, "layer": ll.LLAMA_SPLIT_MODE_LAYER, "row": ll.LLAMA_SPLIT_MODE_ROW}
+
+
+def _model_params(cfg: ContextConfig):
+    """llama_model_params for `cfg`, and the float array its tensor_split points to (keep it alive
+    while the model loads: the struct only borrows it)."""
+    if cfg.split_mode not in _SPLIT:
+        raise ModelLoadError(f"unknown split mode {cfg.split_mode!r}")
+    mparams = ll.llama_model_default_params()
+    mparams.n_gpu_layers = cfg.n_gpu_layers
+    mparams.split_mode = _SPLIT[cfg.split_mode]
+    mparams.main_gpu = cfg.main_gpu
+    if not cfg.use_mmap:  # the struct has no use_mmap any more: load_mode says it
+        mparams.load_mode = ll.LLAMA_LOAD_MODE_NONE
+    split = None
+    if cfg.tensor_split:
+        # llama.cpp reads llama_max_devices() floats from this pointer, whatever the GPU count
+        n = ll.llama_max_devices()
+        if len(cfg.tensor_split) > n:
+            raise ModelLoadError(f"tensor split for {len(cfg.tensor_split)} GPUs; llama.cpp supports {n}")
+        split = (ctypes.c_float * n)(*cfg.tensor_split)
+        mparams.tensor_split = ctypes.cast(split, ctypes.POINTER(ctypes.c_float))
+    return mparams, split
 
 
 class LoadedModel:
     """Owns the llama_model, the llama_context and token <-> text helpers."""
 
-    def __init__(self, path: str, cfg: ContextConfig):
+    def __init__(self, path: str, cfg: ContextConfig, adapters: list[str] | tuple[str, ...] = ()):
         _init_backend()
         self.cfg = cfg
-        mparams = ll.llama_model_default_params()
-        mparams.n_gpu_layers = cfg.n_gpu_layers
-        mparams.main_gpu = cfg.main_gpu
-        mparams.use_mmap = cfg.use_mmap
+        mparams, self._tensor_split = _model_params(cfg)
         self.model = ll.llama_model_load_from_file(path.encode(), mparams)
         if not self.model:
             raise ModelLoadError(f"llama.cpp could not load the model file {path}")
@@ -65,6 +89,8 @@ class LoadedModel:
         self.n_ctx_train = ll.llama_model_n_ctx_train(self.model)
         self.add_bos = ll.llama_vocab_get_add_bos(self.vocab)
         self._piece_buf = ctypes.create_string_buffer(256)
+        # LoRA adapters belong to the model (llama.cpp frees them with it); each context applies them.
+        self.adapters = [self._load_adapter(p) for p in adapters]
         self.ctx = self.memory = None
         self.n_batch = cfg.n_batch
         if not cfg.embedding_only:
@@ -80,8 +106,11 @@ class LoadedModel:
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.kv_unified = cfg.kv_unified
-        cparams.flash_attn_type = _FLASH.get(cfg.flash_attn, -1)
-        cparams.type_k = cparams.type_v = _KV_TYPES.get(cfg.kv_type, 1)
+        if cfg.kv_type not in _KV_TYPES or cfg.flash_attn not in _FLASH:
+            ll.llama_model_free(self.model)
+            raise ModelLoadError(f"unknown KV cache type {cfg.kv_type!r} or flash attention mode {cfg.flash_attn!r}")
+        cparams.flash_attn_type = _FLASH[cfg.flash_attn]
+        cparams.type_k = cparams.type_v = _KV_TYPES[cfg.kv_type]
         cparams.no_perf = True
         self.ctx = ll.llama_init_from_model(self.model, cparams)
         if not self.ctx:
@@ -89,6 +118,26 @@ class LoadedModel:
             raise ModelLoadError("llama.cpp could not create a context (out of memory?)")
         self.memory = ll.llama_get_memory(self.ctx)
         self.n_batch = ll.llama_n_batch(self.ctx)
+        self.apply_adapters(self.ctx)
+
+    def _load_adapter(self, path: str):
+        adapter = ll.llama_adapter_lora_init(self.model, path.encode())
+        if not adapter:
+            ll.llama_model_free(self.model)  # with the adapters loaded so far
+            self.model = None
+            raise ModelLoadError(f"llama.cpp could not load the LoRA adapter {path}")
+        return adapter
+
+    def apply_adapters(self, ctx) -> None:
+        """Puts the model's LoRA adapters on `ctx`, each at scale 1.0: llama.cpp itself scales each
+        by its adapter.lora.alpha over its rank, as PEFT does."""
+        if not self.adapters:
+            return
+        n = len(self.adapters)
+        adapters = (ll.llama_adapter_lora_p_ctypes * n)(*self.adapters)
+        scales = (ctypes.c_float * n)(*([1.0] * n))
+        if ll.llama_set_adapters_lora(ctx, adapters, n, scales) != 0:
+            raise ModelLoadError("llama.cpp could not apply the LoRA adapters to the context")
 
     # -- tokens ---------------------------------------------------------------------------------
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:

@@ -332,6 +332,9 @@ async def ps(request: web.Request) -> web.Response:
             "name": lm.config.display, "model": lm.config.display, "size": p.size, "digest": lm.config.digest,
             "details": model_details(store, lm.config.stored), "expires_at": _expires(lm), "size_vram": p.size_vram,
             "context_length": lm.num_ctx, "processor": processor_label(p.size, p.size_vram),
+            # Beyond Ollama's fields: where the GPU share lies, and what the KV cache costs
+            "gpus": [{"id": index, "size_vram": size} for index, size in p.gpus],
+            "kv_cache": {"type": p.kv_type, "slots": p.parallel, "bytes_per_slot": p.kv_bytes_per_slot},
         })
     return web.json_response({"models": models})
 

@@ -8,8 +8,8 @@ import json
 from aiohttp import web
 
 from modelfiles import Modelfile, format_modelfile
-from registry import (DigestMismatch, InvalidDigest, InvalidGGUF, InvalidName, ModelName, Store, StoreError,
-                      normalize_digest)
+from registry import (MEDIA_ADAPTER, DigestMismatch, InvalidDigest, InvalidGGUF, InvalidName, ModelName, Store,
+                      StoreError, normalize_digest)
 
 from ..create import CreateError, SourceNotFound, create_model, parse_create_request
 from ..model_config import ModelNotFound, load_model_config
@@ -99,6 +99,9 @@ async def show(request: web.Request) -> web.Response:
         }
         if cfg.messages:
             out["messages"] = cfg.messages
+        adapters = cfg.stored.manifest.layers_of(MEDIA_ADAPTER)
+        if adapters:  # beyond Ollama's fields (its Modelfile's ADAPTER lines say only the blob path)
+            out["adapters"] = [{"digest": layer.digest, "size": layer.size} for layer in adapters]
         return out
 
     try:

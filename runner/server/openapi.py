@@ -156,8 +156,8 @@ def _schemas(s: Settings) -> dict:
         "ModelRequest": _obj({"model": MODEL, "verbose": {"type": "boolean"}}, ("model",)),
         "CreateRequest": _obj({
             "model": MODEL, "from": {"type": "string"},
-            "files": {"type": "object", "additionalProperties": DIGEST, "maxProperties": 4},
-            "adapters": {"type": "object", "additionalProperties": DIGEST, "maxProperties": 4},
+            "files": {"type": "object", "additionalProperties": DIGEST, "maxProperties": 64},
+            "adapters": {"type": "object", "additionalProperties": DIGEST, "maxProperties": 64},
             "template": {"type": "string"}, "system": {"type": "string"},
             "parameters": {"type": "object"}, "messages": {"type": "array", "items": _ref("Message")},
             "license": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
@@ -172,11 +172,15 @@ def _schemas(s: Settings) -> dict:
             "name": {"type": "string"}, "model": {"type": "string"}, "modified_at": {"type": "string"},
             "size": {"type": "integer"}, "digest": {"type": "string"}, "details": details,
             "expires_at": {"type": "string"}, "size_vram": {"type": "integer"},
-            "context_length": {"type": "integer"}})}}),
+            "context_length": {"type": "integer"}, "processor": {"type": "string"},
+            "gpus": {"type": "array", "items": _obj({"id": {"type": "integer"}, "size_vram": {"type": "integer"}})},
+            "kv_cache": _obj({"type": {"type": "string"}, "slots": {"type": "integer"},
+                              "bytes_per_slot": {"type": "integer"}})})}}),
         "ShowResponse": _obj({k: {"type": "string"} for k in ("license", "modelfile", "parameters", "template",
                                                               "system", "modified_at")}
                              | {"details": details, "model_info": {"type": "object"},
-                                "capabilities": {"type": "array", "items": {"type": "string"}}}),
+                                "capabilities": {"type": "array", "items": {"type": "string"}},
+                                "adapters": {"type": "array", "items": {"type": "object"}}}),
         "OpenAIChatRequest": _obj({
             **openai_common,
             "messages": {"type": "array", "items": openai_message, "minItems": 1, "maxItems": s.max_messages},
