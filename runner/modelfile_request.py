@@ -20,7 +20,8 @@ def model_dir_files(directory: Path) -> list[Path]:
 
     The weights (`model*.safetensors`, also one directory down; else `consolidated*.safetensors`;
     else `*.gguf`), then every `*.json` in the directory and one level down (sentence-transformers
-    keeps its pooling config in `1_Pooling/config.json`), `tokenizer.model` and `vocab.txt`.
+    keeps its pooling config in `1_Pooling/config.json`), `tokenizer.model`, `vocab.txt` and
+    `chat_template.jinja` (where newer checkpoints keep the chat template).
     """
     def glob(pattern: str) -> list[Path]:
         return sorted(p for p in directory.glob(pattern) if p.is_file())
@@ -36,7 +37,7 @@ def model_dir_files(directory: Path) -> list[Path]:
         if len(weights) > 1:
             raise ModelfileSourceError(f"{directory} holds several GGUF files; name one in FROM")
         return weights
-    extra = glob("*.json") + glob("*/*.json") + glob("tokenizer.model") + glob("vocab.txt")
+    extra = glob("*.json") + glob("*/*.json") + glob("tokenizer.model") + glob("vocab.txt") + glob("chat_template.jinja")
     return weights + extra
 
 

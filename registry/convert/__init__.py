@@ -1,4 +1,7 @@
-"""Hugging Face safetensors checkpoints to GGUF, one module per model family (BERT for now).
+"""Hugging Face safetensors checkpoints to GGUF, one module per model family.
+
+`bert.py` converts BERT encoders (embeddings); `decoder.py` the decoder-only language models (Llama,
+Mistral, Qwen2, Gemma 1/2/3), with their tokenizers read by `tokenizer.py`.
 
     from registry.convert import convert_directory
     with open("model.gguf", "wb") as out:
@@ -19,10 +22,13 @@ from typing import BinaryIO, Callable
 from .base import ConvertError, Converter, UnsupportedArchitecture, architecture_of, read_config, safetensors_files
 from .bert import BertConverter
 from .checkpoint import Checkpoint, SafetensorsError
+from .decoder import DECODER_CONVERTERS
 from .gguf_writer import F16, F32, GGUFFile
 from .quantize import QUANT_TYPES, QuantizeError, quantize_file, quantize_type
 
-CONVERTERS: dict[str, type[Converter]] = {arch: conv for conv in (BertConverter,) for arch in conv.architectures}
+CONVERTERS: dict[str, type[Converter]] = {
+    arch: conv for conv in (BertConverter, *DECODER_CONVERTERS) for arch in conv.architectures
+}
 
 
 @dataclass
