@@ -428,6 +428,12 @@ class ChatOutputParser:
                 self._think.feed(open_tag)
         self._tools = _ToolCallParser(tags.tool_prefix, tools) if tools else None
 
+    @property
+    def passthrough(self) -> bool:
+        """No thinking and no tool calls to split out: every piece is content, as it comes (and finish()
+        gives nothing), so a caller may skip feed() per piece."""
+        return self._think is None and self._tools is None
+
     def feed(self, text: str) -> Delta:
         thinking, content = self._think.feed(text) if self._think else ("", text)
         return self._split_calls(thinking, content, final=False)

@@ -117,6 +117,10 @@ class Engine:
         self._workers = min(8, os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="sampler") if self._workers > 1 else None
         self.fatal_error: str | None = None
+        # Per-token lookups that would otherwise be a ctypes call each: a token's bytes and whether it
+        # ends generation never change for a loaded model.
+        self._pieces: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
 
     # -- called from other threads ---------------------------------------------------------------
     def start(self) -> None:
@@ -324,14 +328,20 @@ class Engine:
         req = slot.req
         if slot.generated == 0:
             req.t_first_token = now
-        if self.model.is_eog(token):
+        eog = self._eog.get(token)
+        if eog is None:
+            eog = self._eog[token] = bool(self.model.is_eog(token))
+        if eog:
             self._finish(slot, "stop", events, now)
             return
         slot.generated += 1
         req.eval_count = slot.generated
         req.context.append(token)
         slot.last_token = token
-        text = slot.stream.push(self.model.piece(token))
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self.model.piece(token)
+        text = slot.stream.push(piece)
         if slot.stream.stopped:
             events.append(Event(req, text=text))
             self._finish(slot, "stop", events, now)

@@ -46,6 +46,12 @@ class TextStream:
     def push(self, piece: bytes) -> str:
         if self.stopped:
             return ""
+        if not self.stops and not self._bytes:
+            # The common case, per token: no stop strings, nothing held, a piece of whole characters.
+            try:
+                return piece.decode("utf-8")
+            except UnicodeDecodeError:
+                pass  # a character split across tokens, or invalid bytes: the general path below
         data = self._bytes + piece
         cut = _utf8_complete_prefix(data)
         self._bytes = data[cut:]

@@ -30,8 +30,20 @@ from .models_api import model_details, parse_name
 log = logging.getLogger("lm.generate")
 
 
+_iso_second = [-1, ""]  # the last whole second formatted, and its text: formatting is per streamed chunk
+
+
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    """UTC now as Ollama writes created_at (RFC 3339, microseconds unless zero), cheaply: the part up to
+    the seconds is formatted once a second."""
+    t = time.time()
+    sec = int(t)
+    us = round((t - sec) * 1e6)
+    if us >= 1_000_000:
+        sec, us = sec + 1, us - 1_000_000
+    if _iso_second[0] != sec:
+        _iso_second[0], _iso_second[1] = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    return f"{_iso_second[1]}.{us:06d}Z" if us else f"{_iso_second[1]}Z"
 
 
 def _keep_alive(body: dict) -> float | None:
@@ -92,14 +104,15 @@ class Inference:
             if self.lm.keep_alive == 0 and self.lm.active == 0:
                 await self.scheduler.unload(self.lm.key)
 
-    async def stream(self, prompt: str, context: list[int] | None = None) -> AsyncIterator[dict]:
+    async def stream(self, prompt: str, context: list[int] | None = None) -> AsyncIterator[list[dict]]:
+        """The runner's objects for this request, in lists of those that arrived together (see
+        RunnerProcess.completion_batches); an `{"error"}` object is left for the caller to raise, after
+        the pieces before it."""
         payload = {"prompt": prompt, "options": self.options}
         if context:
             payload["context"] = context
-        async for obj in self.lm.proc.completion(payload):
-            if "error" in obj:
-                raise RunnerError(obj["error"])
-            yield obj
+        async for batch in self.lm.proc.completion_batches(payload):
+            yield batch
 
     def stats(self, final: dict) -> dict:
         return {
@@ -216,6 +229,16 @@ async def chunks(prep: Prepared) -> AsyncIterator[dict]:
     Errors before the first piece raise ApiError; a runner that dies mid-answer ends the stream with
     an `{"error": ...}` object, as Ollama's streams do.
     """
+    async with aclosing(chunk_batches(prep)) as batches:
+        async for batch in batches:
+            for obj in batch:
+                yield obj
+
+
+async def chunk_batches(prep: Prepared) -> AsyncIterator[list[dict]]:
+    """`chunks`, in lists: the objects made from runner output that arrived together (one list per
+    engine step when we keep up, several steps' worth when we fall behind), so that a stream costs one
+    pass and one write per list rather than per token. Every object is the same as `chunks` gives."""
     body, cfg = prep.body, prep.cfg
     options = _options(cfg, body)
     grammar = grammar_for_format(body.get("format"))
@@ -228,49 +251,70 @@ async def chunks(prep: Prepared) -> AsyncIterator[dict]:
     # one); Ollama instead lets the model think unconstrained first, then restarts with the grammar.
     parser = ChatOutputParser(cfg.template, tools=prep.tools if prep.chat else None,
                               think=None if grammar else prep.think, prompt=prep.prompt)
+    plain = parser.passthrough  # no thinking, no tools: every piece is content as it comes
 
-    def chunk(delta: Delta) -> dict:
+    def chunk(delta: Delta, created_at: str) -> dict:
         if prep.chat:
             message = {"role": "assistant", "content": delta.content}
             if delta.thinking:
                 message["thinking"] = delta.thinking
             if delta.tool_calls:
                 message["tool_calls"] = delta.tool_calls
-            return {"model": model, "created_at": now_iso(), "message": message, "done": False}
-        out = {"model": model, "created_at": now_iso(), "response": delta.content}
+            return {"model": model, "created_at": created_at, "message": message, "done": False}
+        out = {"model": model, "created_at": created_at, "response": delta.content}
         if delta.thinking:
             out["thinking"] = delta.thinking
         return {**out, "done": False}
+
+    def content_chunk(text: str, created_at: str) -> dict:  # chunk(Delta(text)), without the Delta
+        if prep.chat:
+            return {"model": model, "created_at": created_at, "message": {"role": "assistant", "content": text},
+                    "done": False}
+        return {"model": model, "created_at": created_at, "response": text, "done": False}
 
     started = False
     first_token_at = None
     async with Inference(prep.request, cfg, options, _keep_alive(body)) as inf:
         try:
             final = None
-            async for obj in inf.stream(prep.prompt, prep.context):
-                if obj.get("done"):
-                    final = obj
-                    continue
-                first_token_at = first_token_at or time.perf_counter()
-                if delta := parser.feed(obj["content"]):  # empty while the parser holds text back
-                    started = True
-                    yield chunk(delta)
+            async with aclosing(inf.stream(prep.prompt, prep.context)) as batches:
+                async for batch in batches:
+                    out: list[dict] = []
+                    created_at = now_iso()  # one stamp per batch: its chunks go out together
+                    for obj in batch:
+                        if "error" in obj:
+                            if out:
+                                started = True
+                                yield out
+                            raise RunnerError(obj["error"])
+                        if obj.get("done"):
+                            final = obj
+                            continue
+                        first_token_at = first_token_at or time.perf_counter()
+                        if plain:
+                            if text := obj["content"]:
+                                out.append(content_chunk(text, created_at))
+                        elif delta := parser.feed(obj["content"]):  # empty while the parser holds text back
+                            out.append(chunk(delta, created_at))
+                    if out:
+                        started = True
+                        yield out
         except RunnerRejected as exc:  # the request's fault (say, token ids beyond the vocabulary)
             raise ApiError(exc.status, str(exc)) from None
         except RunnerError as exc:
             inf.failed = True
             if started:
-                yield {"error": str(exc)}
+                yield [{"error": str(exc)}]
                 return
             raise ApiError(500, str(exc)) from None
     metrics.observe_completion(cfg.display, final.get("prompt_eval_count") or 0, final.get("eval_count") or 0,
                                first_token_at - inf.t0 if first_token_at else None,
                                (final.get("eval_duration") or 0) / 1e9)
-    last = chunk(parser.finish())
+    last = chunk(parser.finish(), now_iso())
     last.update(done=True, done_reason=final.get("done_reason") or "stop", **inf.stats(final))
     if not prep.chat:
         last["context"] = final.get("context", [])
-    yield last
+    yield [last]
 
 
 async def respond(prep: Prepared) -> web.StreamResponse:
@@ -281,9 +325,9 @@ async def respond(prep: Prepared) -> web.StreamResponse:
     # runner request at once (not when garbage-collected), which cancels the sequence in the engine.
     if field(prep.body, "stream", bool, True):
         out = NDJSONStream(prep.request)
-        async with aclosing(chunks(prep)) as stream:
-            async for obj in stream:
-                await out.send(obj)
+        async with aclosing(chunk_batches(prep)) as stream:
+            async for batch in stream:
+                await out.send(*batch)  # one write per batch
         return await out.finish()
     # Merged as Ollama merges: text and thinking joined, tool calls gathered, the last chunk's stats.
     key = "content" if prep.chat else "response"

@@ -1,0 +1,29 @@
+"""`lm bench` against the test daemon with the tiny model, beside a second daemon as the peer: it runs,
+and prints its table (no timing assertions: speed is for scripts/host_overhead.py and people)."""
+
+from __future__ import annotations
+
+import json
+
+
+def test_bench_prints_table_with_a_peer(make_daemon, tiny_gguf):
+    ours, peer = make_daemon({"LM_NUM_PARALLEL": "2"}), make_daemon({"LM_NUM_PARALLEL": "2"})
+    ours.create_from_gguf("tiny", tiny_gguf)
+    peer.create_from_gguf("tiny-peer", tiny_gguf)
+    ours.env["COLUMNS"] = "200"  # rich's table width when stdout is not a terminal
+    result = ours.cli("bench", "tiny", "--clients", "1,2", "--tokens", "8", "--prompt-tokens", "8", "--requests", "1",
+                      "--compare", peer.url, "--compare-model", "tiny-peer")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for header in ("target", "clients", "tok/s", "TTFT p50 ms", "TTFT p95 ms", "lm / peer"):
+        assert header in out, out
+    rows = [line for line in out.splitlines() if line.strip("│ ").startswith(("lm", "peer"))]
+    assert len(rows) == 4, out  # lm and peer, at 1 and 2 clients
+
+
+def test_bench_json(daemon, tiny):
+    result = daemon.cli("bench", tiny, "--clients", "2", "--tokens", "4", "--requests", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)
+    assert row["target"] == "lm" and row["clients"] == 2 and row["errors"] == 0
+    assert row["tokens"] > 0 and row["tok_s"] > 0 and row["ttft_p50_ms"] > 0
