@@ -54,8 +54,11 @@ def tiny_model(directory: Path, n_embd: int) -> Path:
                            n_ff=2 * n_embd, n_layer=2, context_length=CTX)
 
 
+TEMPERATURE = 0.8  # --temperature; 0 is greedy (no sampler chain work beyond the argmax)
+
+
 def options(seed: int, tokens: int) -> dict:
-    return {"num_predict": tokens, "seed": seed, "temperature": 0.8}
+    return {"num_predict": tokens, "seed": seed, "temperature": TEMPERATURE}
 
 
 # -- engine: the loop alone ---------------------------------------------------------------------
@@ -112,7 +115,9 @@ async def runner_rate(gguf: Path, slots: int, tokens: int, requests: int, prompt
     sock = os.path.join(tempfile.mkdtemp(prefix="lm-proxy-"), "runner.sock")
     where = ["--gpu-layers", "999", "--mixed-prefill"] if GPU else ["--threads", str(THREADS)]
     proc = subprocess.Popen([sys.executable, "-m", "runner.engine", "--model", str(gguf), "--socket", sock,
-                             "--ctx", str(CTX), "--parallel", str(slots), *where], cwd=REPO, stderr=subprocess.DEVNULL)
+                             "--ctx", str(CTX), "--parallel", str(slots), *where], cwd=REPO,
+                            # LM_ENGINE_PROFILE's lines (runner/engine/step_profile.py) are on the runner's stderr
+                            stderr=None if os.environ.get("LM_ENGINE_PROFILE") else subprocess.DEVNULL)
     try:
         conn = aiohttp.UnixConnector(path=sock, limit=0)
         async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=None)) as session:
@@ -239,9 +244,10 @@ def main() -> None:
     p.add_argument("--model", help="a GGUF to serve instead of the tiny proxy")
     p.add_argument("--gpu", action="store_true", help="offload every layer; mix prefill into decode steps")
     p.add_argument("--engine-only", action="store_true", help=argparse.SUPPRESS)  # the child process of --gpu
+    p.add_argument("--temperature", type=float, default=TEMPERATURE)
     args = p.parse_args()
-    global GPU, CTX
-    GPU = args.gpu
+    global GPU, CTX, TEMPERATURE
+    GPU, TEMPERATURE = args.gpu, args.temperature
     if GPU:
         CTX = 2048  # prompts of real length, and the daemon's default slot size is larger still
     layers = args.layers.split(",")

@@ -26,6 +26,7 @@ import llama_cpp as ll
 from .batch_buffer import BatchBuffer
 from .model import LoadedModel
 from .sampling import SamplerChain, SamplingOptions
+from .step_profile import from_env as step_profile_from_env
 from .text import TextStream
 
 
@@ -121,6 +122,7 @@ class Engine:
         # ends generation never change for a loaded model.
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
+        self._profile = step_profile_from_env()
 
     # -- called from other threads ---------------------------------------------------------------
     def start(self) -> None:
@@ -155,18 +157,25 @@ class Engine:
     def _run(self) -> None:
         try:
             while True:
+                prof = self._profile
                 with self._lock:
                     while not self._stop and not self._waiting and not any(s.busy for s in self.slots):
                         self._lock.wait()
                     if self._stop:
                         break
+                if prof:
+                    prof.mark("idle")
                 events: list[Event] = []
                 self._admit(events)
                 self._drop_cancelled(events)
-                if any(s.busy for s in self.slots):
-                    self._step(events)
+                if prof:
+                    prof.mark("admit")
+                n = self._step(events) if any(s.busy for s in self.slots) else 0
                 if events:
                     self.on_events(events)
+                if prof:
+                    prof.mark("emit")
+                    prof.step_done(n)
         except Exception as exc:  # a broken engine must not leave clients waiting forever
             with self._lock:
                 self.fatal_error = f"engine failure: {exc}"
@@ -270,10 +279,12 @@ class Engine:
             budget -= n
         return plan
 
-    def _step(self, events: list[Event]) -> None:
+    def _step(self, events: list[Event]) -> int:
+        """One llama_decode over the planned work; returns the number of tokens sampled."""
         plan = self._plan()
         if not plan:
-            return
+            return 0
+        prof = self._profile
         for slot, _, is_prefill in plan:
             if not is_prefill and self.can_shift and len(slot.cached) + 1 >= self.n_ctx:
                 self._shift_context(slot)
@@ -295,13 +306,22 @@ class Engine:
                 idx = buf.add((slot.last_token,), start, slot.seq_id, True)
                 slot.cached.append(slot.last_token)
                 outputs.append((slot, idx))
+        if prof:
+            prof.mark("build")
         rc = ll.llama_decode(self.model.ctx, buf.as_llama_batch())
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
+        if prof:
+            prof.mark("decode")
         tokens = self._sample(outputs)
+        if prof:
+            prof.mark("sample")
         now = time.perf_counter()
         for (slot, _), token in zip(outputs, tokens):
             self._take_token(slot, token, now, events)
+        if prof:
+            prof.mark("tokens")
+        return len(outputs)
 
     def _sample(self, outputs: list[tuple[_Slot, int]]) -> list[int]:
         """One token per output, sampled by each sequence's C sampler chain.
