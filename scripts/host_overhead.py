@@ -233,6 +233,7 @@ async def served_rate(daemon: "Daemon", slots: int, tokens: int, requests: int, 
 
 
 def main() -> None:
+    global GPU, CTX, TEMPERATURE
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", default="32,64")
     p.add_argument("--tokens", type=int, default=128)
@@ -246,7 +247,6 @@ def main() -> None:
     p.add_argument("--engine-only", action="store_true", help=argparse.SUPPRESS)  # the child process of --gpu
     p.add_argument("--temperature", type=float, default=TEMPERATURE)
     args = p.parse_args()
-    global GPU, CTX, TEMPERATURE
     GPU, TEMPERATURE = args.gpu, args.temperature
     if GPU:
         CTX = 2048  # prompts of real length, and the daemon's default slot size is larger still
