@@ -46,7 +46,8 @@ CTX = 512  # per sequence: prompt (~200 tokens) + generated tokens fit with room
 # for 100s of ms whenever one is descheduled. One kernel thread keeps the "kernels nearly free" premise
 # and leaves the other core to the host work that is being measured (the GPU's case: kernels elsewhere).
 THREADS = 1
-GPU = False  # --gpu: every layer on the GPU, mixed prefill, kernels' own thread count
+GPU = False  # --gpu: every layer on the GPU, mixed prefill
+RUNNER_THREADS = 0  # --runner-threads: llama.cpp's CPU threads in the runner on a GPU (0: every core)
 
 
 def tiny_model(directory: Path, n_embd: int) -> Path:
@@ -113,7 +114,7 @@ async def runner_rate(gguf: Path, slots: int, tokens: int, requests: int, prompt
     from runner.bench import make_prompt
 
     sock = os.path.join(tempfile.mkdtemp(prefix="lm-proxy-"), "runner.sock")
-    where = ["--gpu-layers", "999", "--mixed-prefill"] if GPU else ["--threads", str(THREADS)]
+    where = ["--gpu-layers", "999", "--mixed-prefill", "--threads", str(RUNNER_THREADS)] if GPU else ["--threads", str(THREADS)]
     proc = subprocess.Popen([sys.executable, "-m", "runner.engine", "--model", str(gguf), "--socket", sock,
                              "--ctx", str(CTX), "--parallel", str(slots), *where], cwd=REPO,
                             # LM_ENGINE_PROFILE's lines (runner/engine/step_profile.py) are on the runner's stderr
@@ -233,7 +234,7 @@ async def served_rate(daemon: "Daemon", slots: int, tokens: int, requests: int, 
 
 
 def main() -> None:
-    global GPU, CTX, TEMPERATURE
+    global GPU, CTX, TEMPERATURE, RUNNER_THREADS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", default="32,64")
     p.add_argument("--tokens", type=int, default=128)
@@ -246,7 +247,9 @@ def main() -> None:
     p.add_argument("--gpu", action="store_true", help="offload every layer; mix prefill into decode steps")
     p.add_argument("--engine-only", action="store_true", help=argparse.SUPPRESS)  # the child process of --gpu
     p.add_argument("--temperature", type=float, default=TEMPERATURE)
+    p.add_argument("--runner-threads", type=int, default=0)
     args = p.parse_args()
+    RUNNER_THREADS = args.runner_threads
     GPU, TEMPERATURE = args.gpu, args.temperature
     if GPU:
         CTX = 2048  # prompts of real length, and the daemon's default slot size is larger still
