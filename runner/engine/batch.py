@@ -313,6 +313,8 @@ class Engine:
             raise RuntimeError(f"llama_decode returned {rc}")
         if prof:
             prof.mark("decode")
+            ll.llama_synchronize(self.model.ctx)  # the GPU's share apart from sampling's
+            prof.mark("gpu")
         tokens = self._sample(outputs)
         if prof:
             prof.mark("sample")

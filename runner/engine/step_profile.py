@@ -2,7 +2,7 @@
 
 Phases are measured on the engine thread with perf_counter: `admit` (new requests into slots), `build`
 (planning and filling the batch), `decode` (llama_decode, including any wait to retake the GIL after
-it), `sample` (all sequences' sampler chains), `tokens` (text, stop strings, limits), `emit` (handing
+it), `gpu` (waiting for an asynchronous backend to finish the step: profiling adds this sync), `sample` (all sequences' sampler chains), `tokens` (text, stop strings, limits), `emit` (handing
 the step's events to the HTTP side), and `idle` (waiting for work). Costs a few perf_counter calls per
 step; off by default.
 """
@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-PHASES = ("idle", "admit", "build", "decode", "sample", "tokens", "emit")
+PHASES = ("idle", "admit", "build", "decode", "gpu", "sample", "tokens", "emit")
 
 
 class StepProfile:
