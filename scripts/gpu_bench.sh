@@ -4,11 +4,12 @@
 #   bash ../shared/tools/device-prep.sh && cp ../shared/tools/{device-build.sh,synth_gguf.py} .device/
 #   cp -r .venv/lib/python3*/site-packages/platformdirs .device/py/
 # then run this script there with .device carried. Results go to $OUT (or /tmp/lm-bench).
-#   SHAPE=llama3-8b|small-0.5b  CLIENTS=1,8,32  SLOTS=32  TOKENS=128
+#   SHAPE=llama3-8b|small-0.5b  CLIENTS=1,8,32  SLOTS=32  TOKENS=128  PROMPT=64 (words)
+#   PEER_FLAGS="--backend-sampling" (llama-server's best at 32 clients per ../shared/tools/README.md)
 set -uo pipefail
 OUT=${OUT:-/tmp/lm-bench}; mkdir -p "$OUT"
 SHAPE=${SHAPE:-llama3-8b}; CLIENTS=${CLIENTS:-1,8,32}; SLOTS=${SLOTS:-32}; TOKENS=${TOKENS:-128}
-CTX=${CTX:-4096}; REQS=${REQS:-2}
+CTX=${CTX:-4096}; REQS=${REQS:-2}; PROMPT=${PROMPT:-64}; PEER_FLAGS=${PEER_FLAGS:-}
 bash .device/device-build.sh >/dev/null || exit 1
 export LD_LIBRARY_PATH=/tmp/lb/bin LLAMA_CPP_LIB_PATH=/tmp/lb/bin PYTHONPATH=$PWD/.device/py:$PWD
 model=/tmp/$SHAPE.gguf
@@ -16,13 +17,13 @@ model=/tmp/$SHAPE.gguf
 export LM_MODELS=/tmp/lm-store LM_HOST=127.0.0.1:11500 LM_NUM_PARALLEL=$SLOTS LM_CONTEXT_LENGTH=$CTX LM_NO_AUTOSTART=1
 python3 -m runner.cli serve > "$OUT/lm-serve.log" 2>&1 &
 lm_pid=$!
-/tmp/lb/bin/llama-server -m "$model" -ngl 99 -c $((CTX * SLOTS)) -np "$SLOTS" -kvu --port 8081 > "$OUT/llama-server.log" 2>&1 &
+/tmp/lb/bin/llama-server -m "$model" -ngl 99 -c $((CTX * SLOTS)) -np "$SLOTS" -kvu $PEER_FLAGS --port 8081 > "$OUT/llama-server.log" 2>&1 &
 ls_pid=$!
 for i in $(seq 1 120); do curl -sf http://127.0.0.1:8081/health >/dev/null && curl -sf http://127.0.0.1:11500/ >/dev/null && break; sleep 1; done
 printf 'FROM %s\n' "$model" > /tmp/Modelfile
 python3 -m runner.cli create synth -f /tmp/Modelfile > /dev/null || { tail -20 "$OUT/lm-serve.log"; exit 1; }
 /tmp/lb/bin/llama-bench -m "$model" -ngl 99 -p 0 -n 128 -o json > "$OUT/llama-bench.json" 2>/dev/null || true
-python3 -m runner.cli bench synth --clients "$CLIENTS" --tokens "$TOKENS" --requests "$REQS" \
+python3 -m runner.cli bench synth --clients "$CLIENTS" --tokens "$TOKENS" --requests "$REQS" --prompt-tokens "$PROMPT" \
   --compare http://127.0.0.1:8081/completion | tee "$OUT/bench.txt"
 python3 -m runner.cli ps | tee -a "$OUT/bench.txt"
 kill $lm_pid $ls_pid; wait
