@@ -284,10 +284,9 @@ def _find_call(obj: dict, names: list[str]):
     return None
 
 
-def _first_object(text: str) -> tuple[dict, int] | None:
-    """The first complete, valid JSON object in text and where it ends; quotes and escapes are
-    followed through the whole text so braces inside strings do not count."""
-    depth, start, in_string, escaped = 0, -1, False, False
+def _outside_strings(text: str):
+    """(index, character) for each character of text outside JSON strings (quotes and escapes followed)."""
+    in_string, escaped = False, False
     for i, ch in enumerate(text):
         if escaped:
             escaped = False
@@ -295,9 +294,15 @@ def _first_object(text: str) -> tuple[dict, int] | None:
             escaped = True
         elif ch == '"':
             in_string = not in_string
-        elif in_string:
-            continue
-        elif ch == "{":
+        elif not in_string:
+            yield i, ch
+
+
+def _first_object(text: str) -> tuple[dict, int] | None:
+    """The first complete, valid JSON object in text and where it ends; braces inside strings do not count."""
+    depth, start = 0, -1
+    for i, ch in _outside_strings(text):
+        if ch == "{":
             if depth == 0:
                 start = i
             depth += 1
@@ -315,17 +320,9 @@ def _first_object(text: str) -> tuple[dict, int] | None:
 def _closes(text: str, opener: str) -> bool:
     """Whether text, starting with opener ({ or [), closes it again (strings followed)."""
     closer = "}" if opener == "{" else "]"
-    depth, in_string, escaped = 0, False, False
-    for ch in text:
-        if escaped:
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == '"':
-            in_string = not in_string
-        elif in_string:
-            continue
-        elif ch == opener:
+    depth = 0
+    for _, ch in _outside_strings(text):
+        if ch == opener:
             depth += 1
         elif ch == closer:
             depth -= 1

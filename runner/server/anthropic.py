@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import secrets
-from contextlib import aclosing
 
 from aiohttp import web
 
-from .generate import chunks, prepare_chat
+from .generate import gather_chat, prepare_chat
 from .http import ApiError, dumps, errors_as, read_json, translating
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
@@ -119,29 +118,24 @@ async def messages(request: web.Request) -> web.StreamResponse:
     if out:
         await event("message_start", message=message)
         await event("content_block_start", index=0, content_block={"type": "text", "text": ""})
-    text, calls, final = [], [], {}
-    async with aclosing(chunks(prep)) as pieces:
-        async for obj in pieces:
-            if "error" in obj:
-                if out:
-                    await event("error", error={"type": "api_error", "message": obj["error"]})
-                    await out.write_eof()
-                    return out
-                raise ApiError(500, obj["error"])
-            msg = obj.get("message", {})
-            if obj.get("done"):
-                final = obj
-            if msg.get("content"):
-                text.append(msg["content"])
-                if out:
-                    await event("content_block_delta", index=0, delta={"type": "text_delta", "text": msg["content"]})
-            calls += msg.get("tool_calls") or []
+
+    async def text_delta(content: str) -> None:
+        await event("content_block_delta", index=0, delta={"type": "text_delta", "text": content})
+
+    answer = await gather_chat(prep, text_delta if out else None)
+    if answer.error:
+        if out:
+            await event("error", error={"type": "api_error", "message": answer.error})
+            await out.write_eof()
+            return out
+        raise ApiError(500, answer.error)
+    calls, final = answer.tool_calls, answer.final
     stop_reason = "tool_use" if calls else "max_tokens" if final.get("done_reason") == "length" else "end_turn"
     tool_blocks = [{"type": "tool_use", "id": f"toolu_{secrets.token_hex(12)}", "name": c["function"]["name"],
                     "input": c["function"].get("arguments") or {}} for c in calls]
     usage = {"input_tokens": final.get("prompt_eval_count", 0), "output_tokens": final.get("eval_count", 0)}
     if not out:
-        content = ([{"type": "text", "text": "".join(text)}] if text or not calls else []) + tool_blocks
+        content = ([{"type": "text", "text": answer.text}] if answer.text or not calls else []) + tool_blocks
         return web.json_response({**message, "content": content, "stop_reason": stop_reason, "usage": usage})
     await event("content_block_stop", index=0)
     for i, block in enumerate(tool_blocks, start=1):

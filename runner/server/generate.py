@@ -317,6 +317,33 @@ async def chunk_batches(prep: Prepared) -> AsyncIterator[list[dict]]:
     yield [last]
 
 
+@dataclass
+class ChatAnswer:
+    text: str
+    tool_calls: list
+    final: dict  # the last chunk, with done_reason and the counts
+    error: str | None  # the runner failed mid-answer (the text so far is kept)
+
+
+async def gather_chat(prep: Prepared, on_text=None) -> ChatAnswer:
+    """A whole chat answer for the routes that reshape it (Anthropic, Responses): each piece of text is
+    handed to `on_text` (an async callback, for streaming) as it comes."""
+    text, calls, final = [], [], {}
+    async with aclosing(chunks(prep)) as pieces:
+        async for obj in pieces:
+            if "error" in obj:
+                return ChatAnswer("".join(text), calls, final, obj["error"])
+            msg = obj.get("message", {})
+            if obj.get("done"):
+                final = obj
+            if content := msg.get("content"):
+                text.append(content)
+                if on_text:
+                    await on_text(content)
+            calls += msg.get("tool_calls") or []
+    return ChatAnswer("".join(text), calls, final, None)
+
+
 async def respond(prep: Prepared) -> web.StreamResponse:
     """Writes `chunks` as NDJSON (stream, the default) or as one merged object."""
     if prep.load_only is not None:

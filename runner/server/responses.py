@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from contextlib import aclosing
 
 from aiohttp import web
 
-from .generate import chunks, prepare_chat
+from .generate import gather_chat, prepare_chat
 from .http import ApiError, dumps, read_json, translating
 from .openai import _bad, _options, _text_content, openai_errors
 
@@ -114,25 +113,18 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         await event("response.output_item.added", output_index=0, item=item)
         await event("response.content_part.added", item_id=mid, output_index=0, content_index=0,
                     part={"type": "output_text", "text": "", "annotations": []})
-    text, calls, final = [], [], {}
-    async with aclosing(chunks(prep)) as pieces:
-        async for obj in pieces:
-            if "error" in obj:
-                if out:
-                    await event("error", message=obj["error"], code="server_error", param=None)
-                    await out.write_eof()
-                    return out
-                raise ApiError(500, obj["error"])
-            msg = obj.get("message", {})
-            if obj.get("done"):
-                final = obj
-            if msg.get("content"):
-                text.append(msg["content"])
-                if out:
-                    await event("response.output_text.delta", item_id=mid, output_index=0, content_index=0,
-                                delta=msg["content"])
-            calls += msg.get("tool_calls") or []
-    full = "".join(text)
+
+    async def text_delta(content: str) -> None:
+        await event("response.output_text.delta", item_id=mid, output_index=0, content_index=0, delta=content)
+
+    answer = await gather_chat(prep, text_delta if out else None)
+    if answer.error:
+        if out:
+            await event("error", message=answer.error, code="server_error", param=None)
+            await out.write_eof()
+            return out
+        raise ApiError(500, answer.error)
+    full, calls, final = answer.text, answer.tool_calls, answer.final
     message = {"type": "message", "id": mid, "status": "completed", "role": "assistant",
                "content": [{"type": "output_text", "text": full, "annotations": []}]}
     outputs = [message] + [
