@@ -131,8 +131,10 @@ def create_model(store: Store, req: CreateRequest, progress: Progress) -> None:
         config = json.loads(store.read_blob_bytes(source.manifest.config.digest))
         progress(f"using existing layers of {source.name.display}")
         if quantize:  # refused before anything is written
-            _check_quantizable(_model_layer_info(store, layers), quantize)
-        adapters = _check_adapters(store, req.adapters, _base_info(store, layers), progress) if req.adapters else []
+            _check_quantizable(_model_layer_info(store, layers, "quantization"), quantize)
+        adapters = []
+        if req.adapters:
+            adapters = _check_adapters(store, req.adapters, _model_layer_info(store, layers, "adapters"), progress)
     else:
         path, digest = _model_file(store, req.files, quantize, progress)
         try:
@@ -212,14 +214,15 @@ class _Adapter:
     peft_weights: list[Path] | None = None
 
 
-def _base_info(store: Store, layers: dict) -> GGUFInfo:
+def _model_layer_info(store: Store, layers: dict, purpose: str) -> GGUFInfo:
+    """The GGUF header of the one model layer that quantizing or adapting (`purpose`) works on."""
     models = layers.get(MEDIA_MODEL) or []
     if len(models) != 1:
-        raise CreateError("adapters need a base model of exactly one model layer")
+        raise CreateError(f"{purpose}: the model must have exactly one model layer")
     try:
         return read_gguf_info(store.blob_path(models[0].digest))
     except InvalidGGUF as exc:
-        raise CreateError(f"invalid base model: {exc}") from None
+        raise CreateError(f"invalid model file: {exc}") from None
 
 
 def _check_adapters(store: Store, adapters: dict, base: GGUFInfo, progress: Progress) -> list[_Adapter]:
@@ -377,16 +380,6 @@ def _check_quantizable(info, qtype: str) -> None:
     """As Ollama (its current message): only unquantized models are quantized; one already of `qtype` is kept."""
     if info.file_type != qtype and info.file_type not in QUANTIZABLE_SOURCES:
         raise CreateError("quantization is only supported for F16, BF16 and F32 models")
-
-
-def _model_layer_info(store: Store, layers: dict):
-    models = layers.get(MEDIA_MODEL) or []
-    if len(models) != 1:
-        raise CreateError("quantization needs exactly one model layer")
-    try:
-        return read_gguf_info(store.blob_path(models[0].digest))
-    except InvalidGGUF as exc:
-        raise CreateError(f"invalid model file: {exc}") from None
 
 
 def _quantize(store: Store, layer: Layer, qtype: str, progress: Progress):
