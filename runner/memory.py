@@ -124,6 +124,10 @@ class ModelShape:
     key_length: int  # per head
     value_length: int
 
+    def without_kv_cache(self) -> "ModelShape":
+        """An embedding-only model (an encoder such as BERT) keeps no KV cache between batches."""
+        return ModelShape(self.weights_bytes, self.n_layers, 0, self.key_length, self.value_length)
+
     @classmethod
     def from_gguf(cls, info) -> "ModelShape":
         """From registry.GGUFInfo. Head sizes come from attention.key_length/value_length where the GGUF

@@ -20,6 +20,9 @@ def _gguf_info(path: Path) -> GGUFInfo:
     return read_gguf_info(path)
 
 
+ENCODER_ARCHITECTURES = ("bert", "nomic-bert", "jina-bert-v2")
+
+
 class ModelNotFound(LookupError):
     def __init__(self, name: str):
         super().__init__(f"model '{name}' not found")
@@ -56,10 +59,15 @@ class ModelConfig:
         return _gguf_info(self.model_path)
 
     @property
+    def is_encoder(self) -> bool:
+        """A BERT-family encoder: embeddings only, and no KV cache kept between batches."""
+        return self.gguf.architecture in ENCODER_ARCHITECTURES
+
+    @property
     def capabilities(self) -> list[str]:
         caps = []
         pooling_only = self.gguf.model_info.get(f"{self.gguf.architecture}.pooling_type") not in (None, 0)
-        if self.gguf.architecture in ("bert", "nomic-bert", "jina-bert-v2") or pooling_only:
+        if self.is_encoder or pooling_only:
             caps.append("embedding")
         else:
             caps.append("completion")

@@ -108,8 +108,11 @@ class Scheduler:
 
     def _place(self, config: ModelConfig, num_ctx: int, num_gpu: int | None, main_gpu: int | None) -> Placement:
         kv_type, _flash = self.settings.engine_kv
+        shape = ModelShape.from_gguf(config.gguf)
+        if config.is_encoder:
+            shape = shape.without_kv_cache()
         return place(
-            ModelShape.from_gguf(config.gguf), num_ctx=num_ctx, kv_type=kv_type, num_gpu=num_gpu,
+            shape, num_ctx=num_ctx, kv_type=kv_type, num_gpu=num_gpu,
             parallel=self.settings.num_parallel or None, main_gpu=main_gpu, spread=self.settings.sched_spread,
         )
 

@@ -45,6 +45,16 @@ def test_created_model(daemon, all_minilm):
     assert show["model_info"]["bert.pooling_type"] == 1
 
 
+def test_loaded_size_is_the_weights(daemon, all_minilm):
+    # An encoder keeps no KV cache: what /api/ps reports is its weights (about 45 MB in F16), not a
+    # generative model's cache for every slot.
+    embed(daemon, {"model": all_minilm, "input": "load"})
+    status, ps = daemon.get("/api/ps")
+    (entry,) = [m for m in ps["models"] if m["name"].startswith(all_minilm)]
+    assert 40e6 < entry["size"] < 60e6, entry["size"]
+    assert entry["kv_cache"]["bytes_per_slot"] == 0
+
+
 def test_embed_one_and_many(daemon, all_minilm, reference):
     one = embed(daemon, {"model": all_minilm, "input": "hello world"})
     assert one["model"] == all_minilm and len(one["embeddings"]) == 1
