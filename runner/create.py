@@ -234,10 +234,7 @@ def _check_adapters(store: Store, adapters: dict, base: GGUFInfo, progress: Prog
     groups: dict[PurePosixPath, dict[str, Path]] = {}
     for name, value in adapters.items():
         rel = _safe_relative(name)
-        digest = _digest(value)
-        blob = store.blob_path(digest)
-        if not blob.is_file():
-            raise CreateError(f"adapter blob {digest} ({name}) not found; upload it with POST /api/blobs/{digest} first")
+        digest, blob = _uploaded_blob(store, value, f"adapter blob {{digest}} ({name})")
         if is_gguf(blob):
             found.append(_Adapter(f"adapter {name}", base, digest=digest))
             continue
@@ -295,12 +292,19 @@ def _model_file(store: Store, files: dict, quantize: str | None, progress: Progr
         return _convert(store, files, quantize, progress)
     if len(files) != 1:
         raise CreateError("exactly one model file is supported in 'files'")
-    digest = _digest(next(iter(files.values())))
-    path = store.blob_path(digest)
-    if not path.exists():
-        raise CreateError(f"blob {digest} not found; upload it with POST /api/blobs/{digest} first")
+    digest, path = _uploaded_blob(store, next(iter(files.values())), "blob {digest}")
     progress(f"using existing layer {digest}")
     return path, digest
+
+
+def _uploaded_blob(store: Store, value, what: str) -> tuple[str, Path]:
+    """The digest and stored file of a blob the request names; `what` ("blob {digest} (name)") says
+    which one in the error when the client has not uploaded it."""
+    digest = _digest(value)
+    blob = store.blob_path(digest)
+    if not blob.is_file():
+        raise CreateError(f"{what.format(digest=digest)} not found; upload it with POST /api/blobs/{digest} first")
+    return digest, blob
 
 
 def _safe_relative(name) -> PurePosixPath:
@@ -324,10 +328,7 @@ def _convert(store: Store, files: dict, quantize: str | None, progress: Progress
     try:
         for name, value in files.items():
             rel = _safe_relative(name)
-            digest = _digest(value)
-            blob = store.blob_path(digest)
-            if not blob.is_file():
-                raise CreateError(f"blob {digest} ({name}) not found; upload it with POST /api/blobs/{digest} first")
+            digest, blob = _uploaded_blob(store, value, f"blob {{digest}} ({name})")
             target = scratch / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.exists():

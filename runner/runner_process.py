@@ -107,14 +107,9 @@ class RunnerProcess:
             if self.debug:
                 sys.stderr.write(f"[runner {self.proc.pid}] {line}")
 
-    async def completion(self, payload: dict) -> AsyncIterator[dict]:
-        """Streams the runner's NDJSON objects; raises RunnerError if the runner dies meanwhile."""
-        async for batch in self.completion_batches(payload):
-            for obj in batch:
-                yield obj
-
     async def completion_batches(self, payload: dict) -> AsyncIterator[list[dict]]:
-        """The runner's NDJSON objects, as lists of those that arrived together.
+        """The runner's NDJSON objects, as lists of those that arrived together; raises RunnerError if
+        the runner dies meanwhile.
 
         Under load the runner's lines for one request pile up between two reads of ours; taking all of
         them at once (one read, one pass) means one trip through the layers above per batch, and one

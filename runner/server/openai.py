@@ -36,6 +36,15 @@ def _bad(message: str, param: str | None = None) -> ApiError:
     return err
 
 
+async def read_request(request: web.Request) -> tuple[dict, str]:
+    """The JSON body of a /v1 request and the model it names (400 in OpenAI's shape without one)."""
+    body = await read_json(request)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("model is required", "model")
+    return body, model
+
+
 def _options(body: dict) -> dict:
     """OpenAI sampling fields as Ollama options (only those given)."""
     opts: dict = {}
@@ -161,10 +170,7 @@ class _SSE:
 
 @openai_errors
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    body = await read_json(request)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _bad("model is required", "model")
+    body, model = await read_request(request)
     with translating("chat completion"):
         native = {"model": model, "messages": _messages(body.get("messages")), "options": _options(body),
                   "stream": True}
@@ -220,10 +226,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 @openai_errors
 async def completions(request: web.Request) -> web.StreamResponse:
-    body = await read_json(request)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _bad("model is required", "model")
+    body, model = await read_request(request)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
@@ -281,10 +284,7 @@ def _embedding_inputs(value) -> list:
 
 @openai_errors
 async def embeddings(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _bad("model is required", "model")
+    body, model = await read_request(request)
     inputs = _embedding_inputs(body.get("input"))
     encoding = body.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):

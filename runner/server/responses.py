@@ -9,8 +9,8 @@ import time
 from aiohttp import web
 
 from .generate import gather_chat, prepare_chat
-from .http import ApiError, dumps, read_json, translating
-from .openai import _bad, _options, _text_content, openai_errors
+from .http import ApiError, dumps, translating
+from .openai import _bad, _options, _text_content, openai_errors, read_request
 
 
 def _input_messages(body: dict) -> list[dict]:
@@ -74,10 +74,7 @@ def _format(body: dict):
 
 @openai_errors
 async def create_response(request: web.Request) -> web.StreamResponse:
-    body = await read_json(request)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _bad("model is required", "model")
+    body, model = await read_request(request)
     if body.get("max_output_tokens") is not None:
         body = {**body, "max_tokens": body["max_output_tokens"]}
     with translating("response"):
