@@ -10,8 +10,10 @@ Three layers are measured side by side in one run, for each slot/client count:
 
     .venv/bin/python scripts/host_overhead.py --clients 32,64 --tokens 128 --requests 2 [--layers engine,served]
 
-On a GPU machine, the same three layers on a real-shaped model (all layers offloaded, prefill mixed into
-decode steps as the daemon does on a GPU; the engine layer runs in a child process of its own):
+On a GPU machine, the runner and served layers on a real-shaped model (all layers offloaded, prefill
+mixed into decode steps as the daemon does on a GPU). The in-process engine layer is CPU-only: loading
+onto CUDA in this process crashed on the H100 (as importing aiohttp before a CUDA load does, see
+runner/engine/model.py); LM_ENGINE_PROFILE shows the runner's own engine loop instead:
 
     python3 scripts/host_overhead.py --model /tmp/llama3-8b.gguf --gpu --clients 32,64 --prompt-words 64
 
@@ -69,11 +71,7 @@ def engine_rate(gguf: Path, slots: int, tokens: int, requests: int, prompt_words
     from runner.engine.model import ContextConfig, LoadedModel
     from runner.engine.sampling import SamplingOptions
 
-    if GPU:
-        cfg = ContextConfig(n_ctx_per_seq=CTX, n_seq=slots, n_batch=512, n_gpu_layers=999, kv_unified=True)
-    else:
-        cfg = ContextConfig(n_ctx_per_seq=CTX, n_seq=slots, n_batch=512, n_threads=THREADS)
-    model = LoadedModel(str(gguf), cfg)
+    model = LoadedModel(str(gguf), ContextConfig(n_ctx_per_seq=CTX, n_seq=slots, n_batch=512, n_threads=THREADS))
     from runner.bench import make_prompt
     done = threading.Event()
     left = {"requests": slots * requests, "tokens": 0}
@@ -95,7 +93,7 @@ def engine_rate(gguf: Path, slots: int, tokens: int, requests: int, prompt_words
                 elif left["requests"] >= slots:
                     submit()
 
-    engine = Engine(model, slots, on_events, mixed_prefill=GPU)
+    engine = Engine(model, slots, on_events)
     engine.start()
     t0 = time.perf_counter()
     for _ in range(slots):
@@ -241,11 +239,10 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=2)
     p.add_argument("--prompt-words", type=int, default=8)  # short prompts: decode, not prefill, dominates
     p.add_argument("--n-embd", type=int, default=64)
-    p.add_argument("--layers", default="engine,runner,served")
+    p.add_argument("--layers", help="default: engine,runner,served (with --gpu: runner,served)")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--model", help="a GGUF to serve instead of the tiny proxy")
     p.add_argument("--gpu", action="store_true", help="offload every layer; mix prefill into decode steps")
-    p.add_argument("--engine-only", action="store_true", help=argparse.SUPPRESS)  # the child process of --gpu
     p.add_argument("--temperature", type=float, default=TEMPERATURE)
     p.add_argument("--runner-threads", type=int, default=0)
     args = p.parse_args()
@@ -253,13 +250,11 @@ def main() -> None:
     GPU, TEMPERATURE = args.gpu, args.temperature
     if GPU:
         CTX = 2048  # prompts of real length, and the daemon's default slot size is larger still
-    layers = args.layers.split(",")
+    layers = (args.layers or ("runner,served" if GPU else "engine,runner,served")).split(",")
+    if GPU and "engine" in layers:
+        p.error("the engine layer runs on the CPU only (see above); with --gpu use --layers runner,served")
     work = Path(tempfile.mkdtemp(prefix="lm-host-overhead-"))
     gguf = Path(args.model) if args.model else tiny_model(work, args.n_embd)
-    if args.engine_only:
-        slots = int(args.clients)
-        print(json.dumps(engine_rate(gguf, slots, args.tokens, args.requests, args.prompt_words)))
-        return
     rows = []
     for slots in [int(c) for c in args.clients.split(",")]:
         daemon = None
@@ -272,14 +267,7 @@ def main() -> None:
             for rep in range(args.repeat):
                 row = {"slots": slots, "rep": rep}
                 for layer in layers:
-                    if layer == "engine" and GPU:  # a process of its own: a CUDA context, before any aiohttp
-                        child = subprocess.run([sys.executable, __file__, "--engine-only", "--gpu", "--model", str(gguf),
-                                                "--clients", str(slots), "--tokens", str(args.tokens),
-                                                "--requests", str(args.requests),
-                                                "--prompt-words", str(args.prompt_words)],
-                                               capture_output=True, text=True, check=True)
-                        r = json.loads(child.stdout.strip().splitlines()[-1])
-                    elif layer == "engine":
+                    if layer == "engine":
                         r = engine_rate(gguf, slots, args.tokens, args.requests, args.prompt_words)
                     elif layer == "runner":
                         r = asyncio.run(runner_rate(gguf, slots, args.tokens, args.requests, args.prompt_words))
