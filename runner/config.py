@@ -188,6 +188,13 @@ class Settings:
     prune_grace: float = 3600.0  # LM_PRUNE_GRACE: unreferenced blobs younger than this are kept
     log_format: str = "text"  # LM_LOG_FORMAT: text or json
     sched_spread: bool = False  # LM_SCHED_SPREAD: split every model across all GPUs, even one that fits one
+    # LM_GPU_SAMPLING: sample in llama.cpp's decode graph where the model runs on a GPU (off unless set:
+    # measured slower than sampler chains on threads, on the H100 and on the CPU; docs/performance.md)
+    gpu_sampling: bool | None = None
+    # LM_PIPELINE: split a model's slots over two llama.cpp contexts, so that one group is sampled while
+    # the GPU computes the other's step (None: the default, on where the model is on a GPU; true: on the
+    # CPU too, where it gains nothing but runs the same engine path)
+    pipeline: bool | None = None
 
     @property
     def engine_kv(self) -> tuple[str, str]:
@@ -230,6 +237,8 @@ class Settings:
             prune_grace=env_duration("PRUNE_GRACE", "1h"),
             log_format=(env("LOG_FORMAT", "text") or "text").strip().lower(),
             sched_spread=env_tristate("SCHED_SPREAD") or False,
+            gpu_sampling=env_tristate("GPU_SAMPLING"),
+            pipeline=env_tristate("PIPELINE"),
         )
 
     @property

@@ -194,10 +194,10 @@ class Placement:
 
 
 def _cpu_placement(shape: ModelShape, per_token: int, num_ctx: int, slots: int, kv_type: str,
-                   gpu_layers: int = 0, unified: bool = False) -> Placement:
+                   gpu_layers: int = 0) -> Placement:
     # main_gpu -1 with split_mode "none": llama.cpp then uses no GPU at all (no CUDA context either)
     return Placement(gpu_layers, shape.n_layers, slots, shape.weights_bytes,
-                     per_token * kv_cells(num_ctx, slots, unified), kv_type, main_gpu=0 if gpu_layers else -1)
+                     per_token * kv_cells(num_ctx, slots, unified=False), kv_type, main_gpu=0 if gpu_layers else -1)
 
 
 def plan_gpus(shape: ModelShape, gpus: list[GpuInfo], *, num_ctx: int, kv_type: str = "f16",
@@ -218,8 +218,8 @@ def plan_gpus(shape: ModelShape, gpus: list[GpuInfo], *, num_ctx: int, kv_type: 
     usable = {g.index: max(g.free - margin, 0) for g in gpus}
     n_all = shape.n_layers + 1  # the repeating layers and the output layer
 
-    def need(slots: int) -> int:  # the whole model: weights and the KV cache (one pool: --mixed-prefill)
-        return shape.weights_bytes + per_token * kv_cells(num_ctx, slots, unified=True)
+    def need(slots: int) -> int:  # the whole model: weights and the KV cache (a stream per slot)
+        return shape.weights_bytes + per_token * kv_cells(num_ctx, slots, unified=False)
 
     def layer_bytes(layers: int, slots: int) -> int:
         return need(slots) * min(layers, shape.n_layers) // max(shape.n_layers, 1)
@@ -251,7 +251,7 @@ def plan_gpus(shape: ModelShape, gpus: list[GpuInfo], *, num_ctx: int, kv_type: 
         return _cpu_placement(shape, per_token, num_ctx, slots, kv_type)
 
     placement = Placement(layers, shape.n_layers, int(slots), shape.weights_bytes,
-                          per_token * kv_cells(num_ctx, slots, unified=True), kv_type)
+                          per_token * kv_cells(num_ctx, slots, unified=False), kv_type)
     vram = placement.size_vram
     if len(chosen) == 1:
         placement.main_gpu = chosen[0].index
@@ -277,7 +277,7 @@ def place(shape: ModelShape, *, num_ctx: int, kv_type: str, num_gpu: int | None,
         return _cpu_placement(shape, per_token, num_ctx, parallel or CPU_SLOTS, kv_type)
     if backend == "metal":  # one unified-memory device: llama.cpp offloads what it is told
         layers = shape.n_layers + 1 if num_gpu is None or num_gpu < 0 else num_gpu
-        return _cpu_placement(shape, per_token, num_ctx, parallel or CPU_SLOTS, kv_type, layers, unified=layers > 0)
+        return _cpu_placement(shape, per_token, num_ctx, parallel or CPU_SLOTS, kv_type, layers)
     return plan_gpus(shape, gpu_devices(), num_ctx=num_ctx, kv_type=kv_type, parallel=parallel, num_gpu=num_gpu,
                      main_gpu=main_gpu, spread=spread)
 

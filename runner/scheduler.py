@@ -157,6 +157,13 @@ class Scheduler:
             args += ["--threads", str(int(threads))]
         if placement.gpu_layers > 0:
             args.append("--mixed-prefill")  # GPU: throughput over bit-exact batch invariance
+            if self.settings.gpu_sampling and placement.gpu_layers > placement.n_layers:
+                args.append("--backend-sampling")  # the output layer is on the GPU: sample there too
+        pipeline = self.settings.pipeline
+        if pipeline is None:
+            pipeline = placement.gpu_layers > 0
+        if pipeline and placement.parallel >= 4 and placement.parallel % 2 == 0:
+            args += ["--contexts", "2"]  # sample one half of the slots while the GPU runs the other
         if "embedding" in config.capabilities:
             args.append("--embedding")  # an embedding model (BERT and kin): no generation context
         for adapter in config.adapters:  # LoRA layers, applied in manifest order

@@ -1,6 +1,6 @@
 """The engine under load, through the real daemon: 32 requests at once give exactly what each gives alone
 (greedy and sampled, token for token), streams neither mix nor drop pieces, and clients that hang up
-mid-stream give their slots back.
+mid-stream give their slots back. All of it with the slots in one llama.cpp context and split over two.
 
 Token-exact equality needs batch-invariant kernels: measured so for smollm2 (Q4_1) on the CPU, but not
 for the tiny random-weight GGUFs (their logits move by 1e-7..1e-3 between a decode of one sequence and
@@ -18,17 +18,26 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.conftest import Daemon
+from tests.test_faults import runner_pids
 
 N = 32
 
 
-@pytest.fixture(scope="module")
-def busy(tmp_path_factory, tiny_gguf, smollm2_path) -> Daemon:
-    d = Daemon(tmp_path_factory.mktemp("load-models"), {"LM_NUM_PARALLEL": str(N), "LM_CONTEXT_LENGTH": "512"}).start()
+# Once with one context for all slots, once with the slots split over two contexts (the pipelined engine
+# a GPU gets, see runner/engine/batch.py; forced on here with LM_PIPELINE).
+@pytest.fixture(scope="module", params=["0", "1"], ids=["one-context", "pipelined"])
+def busy(request, tmp_path_factory, tiny_gguf, smollm2_path) -> Daemon:
+    env = {"LM_NUM_PARALLEL": str(N), "LM_CONTEXT_LENGTH": "512", "LM_PIPELINE": request.param}
+    d = Daemon(tmp_path_factory.mktemp("load-models"), env).start()
     d.create_from_gguf("tiny", tiny_gguf)
     d.create_from_gguf("smollm2", smollm2_path)
     yield d
     d.stop()
+
+
+def _cmdline(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read()
 
 
 def _body(i: int, stream: bool, model: str = "tiny") -> dict:
@@ -49,6 +58,9 @@ def test_concurrent_streams_equal_their_solo_runs(busy):
         status, body = busy.post("/api/generate", _body(i, False, "smollm2"))
         assert status == 200, body
         solo.append(body)
+    runner = runner_pids(busy.proc.pid)
+    pipelined = busy.env["LM_PIPELINE"] == "1"
+    assert any((b"--contexts\x002" in _cmdline(p)) == pipelined for p in runner), "the engine layout asked for"
     with ThreadPoolExecutor(N) as pool:
         together = list(pool.map(lambda i: _streamed(busy, i, "smollm2"), range(N)))
     for i, (alone, lines) in enumerate(zip(solo, together)):

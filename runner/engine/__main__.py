@@ -34,6 +34,10 @@ def _args() -> argparse.Namespace:
     p.add_argument("--kv-type", default="f16")
     p.add_argument("--no-mmap", action="store_true")
     p.add_argument("--mixed-prefill", action="store_true", help="mix prefill chunks into decode steps (GPU)")
+    p.add_argument("--backend-sampling", action="store_true",
+                   help="sample in llama.cpp's decode graph (on the GPU): only token ids reach the host")
+    p.add_argument("--contexts", type=int, default=1,
+                   help="split the slots over this many contexts, one sampled while the GPU computes another")
     p.add_argument("--embedding", action="store_true", help="an embedding model: no generation context")
     p.add_argument("--adapter", action="append", default=[], help="a GGUF LoRA adapter to apply (repeatable)")
     return p.parse_args()
@@ -48,7 +52,8 @@ async def _serve(args: argparse.Namespace, model: LoadedModel, embedder=None) ->
     from .server import RunnerServer
 
     info = {"n_ctx": args.ctx, "gpu_layers": args.gpu_layers, "pid": os.getpid()}
-    server = RunnerServer(model, args.parallel, mixed_prefill=args.mixed_prefill, info=info,
+    server = RunnerServer(model, args.parallel, mixed_prefill=args.mixed_prefill,
+                          backend_sampling=args.backend_sampling, info=info,
                           embedder=embedder)
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.add_routes(server.routes())
@@ -83,7 +88,8 @@ def main() -> None:
         main_gpu=args.main_gpu, split_mode=args.split_mode,
         tensor_split=tuple(float(x) for x in args.tensor_split.split(",") if x.strip()),
         n_threads=args.threads, flash_attn=args.flash_attn, kv_type=args.kv_type,
-        use_mmap=not args.no_mmap, kv_unified=args.mixed_prefill, embedding_only=args.embedding,
+        use_mmap=not args.no_mmap, embedding_only=args.embedding,
+        n_contexts=args.contexts,
     )
     try:
         model = LoadedModel(args.model, cfg, adapters=args.adapter)

@@ -8,6 +8,22 @@ Determinism (CPU): llama.cpp picks kernels by batch size, so a prompt prefilled 
 sequences' tokens can change results. With `mixed_prefill=False` every prefill chunk runs in a step of
 its own, one sequence at a time, while decode steps batch single tokens across sequences (which
 measured bit-identical to decoding alone). On a GPU, where throughput needs mixed steps, we mix.
+
+Sampling on the backend (`backend_sampling`, LM_GPU_SAMPLING=1): each slot's sampler chain is attached
+to the llama.cpp context, so the decode graph itself samples and only token ids come back to the host,
+instead of every sequence's logits over the whole vocabulary being copied out and scanned on the CPU.
+A chain with a grammar stays on the CPU. Attaching or detaching a chain makes llama.cpp re-plan its
+compute graph (~100 ms for an 8B model on an H100), and every attached chain adds its own nodes to
+every step's graph: measured on an H100 it lost to the host-side chains at every load, so it is off
+unless asked for (docs/performance.md). On the host, a slot keeps its chain for the next request with
+the same sampling options (reset in between, which samples exactly as a new chain would).
+
+Pipelining (several contexts, the GPU's choice for many slots): a llama_decode returns while the GPU
+still computes, so with the slots split over two llama.cpp contexts (each with its own KV cache and
+GPU stream) the engine samples one group's step on the CPU while the GPU computes the other's. Host
+work per step (building the batch, llama.cpp's own graph preparation, sampling) then hides behind the
+GPU instead of adding to it. A group's slots change (admissions, cancellations) only while no step of
+that group is in flight.
 """
 
 from __future__ import annotations
@@ -30,7 +46,11 @@ from .step_profile import from_env as step_profile_from_env
 from .text import TextStream
 
 
-_MIN_PER_WORKER = 4  # below this many sequences per thread, handing work over costs more than it saves
+# Below this many sequences per thread, handing work over costs more than it saves. A GPU host has cores
+# to spare (llama.cpp's own threads idle while the GPU computes): there, threads take two sequences each.
+_MIN_PER_WORKER = 4
+_MIN_PER_WORKER_MANY_CORES = 2
+_MANY_CORES = 8
 
 
 @dataclass
@@ -68,20 +88,39 @@ class Request:
 
 
 class _Slot:
-    def __init__(self, seq_id: int):
-        self.seq_id = seq_id
+    def __init__(self, group: "_Group", seq_id: int):
+        self.group = group
+        self.seq_id = seq_id  # in the group's context
         self.cached: list[int] = []  # tokens whose KV is in this slot's sequence, in order
         self.prefilled = 0  # how many of `cached` (from the start) were computed by prefill chunks
         self.req: Request | None = None
         self.pending: list[int] = []  # prompt tokens still to prefill
         self.last_token: int = -1
-        self.chain: SamplerChain | None = None
+        self.chain: SamplerChain | None = None  # kept after a request, for the next with equal options
+        self.chain_key: tuple | None = None
+        self.on_backend = False  # the chain is attached to the context: the decode samples for this slot
         self.stream: TextStream | None = None
         self.generated = 0
 
     @property
     def busy(self) -> bool:
         return self.req is not None
+
+
+class _Group:
+    """One llama.cpp context and the slots whose sequences live in it."""
+
+    def __init__(self, ctx, memory, n_slots: int, capacity: int):
+        self.ctx = ctx
+        self.memory = memory
+        self.slots = [_Slot(self, i) for i in range(n_slots)]
+        self.buffer = BatchBuffer(capacity)
+        self.inflight: list[tuple[_Slot, int]] = []  # outputs of a launched step not yet sampled
+        self.last_step_was_prefill = False
+
+    @property
+    def busy(self) -> int:
+        return sum(s.busy for s in self.slots)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -100,22 +139,28 @@ class Engine:
         on_events: Callable[[list[Event]], None],
         *,
         mixed_prefill: bool = False,
+        backend_sampling: bool = False,
         on_fatal: Callable[[str], None] | None = None,
     ):
         self.model = model
         self.n_ctx = model.cfg.n_ctx_per_seq
-        self.slots = [_Slot(i) for i in range(n_slots)]
+        per_context = n_slots // len(model.contexts)
+        capacity = max(model.n_batch, per_context)
+        self.groups = [_Group(ctx, mem, per_context, capacity) for ctx, mem in model.contexts]
+        self.slots = [s for g in self.groups for s in g.slots]
+        self._turn = 0  # the group whose step is launched next
         self.on_events = on_events
         self.on_fatal = on_fatal
         self.mixed_prefill = mixed_prefill
-        self.buffer = BatchBuffer(max(model.n_batch, n_slots))
+        self.backend_sampling = backend_sampling
         self._waiting: deque[Request] = deque()
         self._lock = threading.Condition()
         self._stop = False
-        self._last_step_was_prefill = False
         self.can_shift = ll.llama_memory_can_shift(model.memory)
         self.thread = threading.Thread(target=self._run, name="engine", daemon=True)
-        self._workers = min(8, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+        self._workers = min(16, cores)
+        self._min_per_worker = _MIN_PER_WORKER_MANY_CORES if cores >= _MANY_CORES else _MIN_PER_WORKER
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="sampler") if self._workers > 1 else None
         self.fatal_error: str | None = None
         # Per-token lookups that would otherwise be a ctypes call each: a token's bytes and whether it
@@ -148,29 +193,43 @@ class Engine:
         self.thread.join(timeout=10)
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+        if not self.thread.is_alive():  # else the engine thread may still be using the chains
+            for slot in self.slots:
+                self._drop_chain(slot)
 
     @property
     def active(self) -> int:
         return sum(s.busy for s in self.slots) + len(self._waiting)
 
     # -- the engine thread ---------------------------------------------------------------------
+    def _has_work(self) -> bool:
+        return bool(self._waiting) or any(s.busy for s in self.slots) or any(g.inflight for g in self.groups)
+
     def _run(self) -> None:
         try:
             while True:
                 prof = self._profile
                 with self._lock:
-                    while not self._stop and not self._waiting and not any(s.busy for s in self.slots):
+                    while not self._stop and not self._has_work():
                         self._lock.wait()
                     if self._stop:
                         break
                 if prof:
                     prof.mark("idle")
+                # Launch this group's step, then finish the step launched before it (the other group's,
+                # computed by the GPU meanwhile; with one group, this very step).
+                group = self.groups[self._turn]
+                self._turn = (self._turn + 1) % len(self.groups)
                 events: list[Event] = []
-                self._admit(events)
-                self._drop_cancelled(events)
+                self._drop_cancelled(group, events)
+                self._admit(group, events)
                 if prof:
                     prof.mark("admit")
-                n = self._step(events) if any(s.busy for s in self.slots) else 0
+                self._launch(group)
+                oldest = self.groups[self._turn]
+                n = len(oldest.inflight)
+                if oldest.inflight:
+                    self._complete(oldest, events)
                 if events:
                     self.on_events(events)
                 if prof:
@@ -192,11 +251,15 @@ class Engine:
         if events:
             self.on_events(events)
 
-    def _admit(self, events: list[Event]) -> None:
+    def _admit(self, group: _Group, events: list[Event]) -> None:
+        """Waiting requests into the group's free slots, keeping the groups' loads even."""
         while True:
-            free = [s for s in self.slots if not s.busy]
+            free = [s for s in group.slots if not s.busy]
+            if not free or any(g.busy < group.busy for g in self.groups if g is not group
+                               and any(not s.busy for s in g.slots)):
+                return  # another group with room is less busy: the request waits for its turn
             with self._lock:
-                if not free or not self._waiting:
+                if not self._waiting:
                     return
                 req = self._waiting.popleft()
             if req.cancelled:
@@ -221,10 +284,10 @@ class Engine:
             raise ValueError("empty prompt")
         prompt = self._fit_prompt(req.prompt, req.options.num_keep)
         reuse = self._reusable_prefix(slot, prompt)
-        ll.llama_memory_seq_rm(self.model.memory, slot.seq_id, reuse, -1)
+        ll.llama_memory_seq_rm(slot.group.memory, slot.seq_id, reuse, -1)
         del slot.cached[reuse:]
         slot.prefilled = min(slot.prefilled, reuse)
-        slot.chain = SamplerChain(req.options, self.model.vocab, self.model.n_vocab)
+        self._set_chain(slot, req.options)
         slot.req = req
         slot.pending = prompt[reuse:]
         slot.stream = TextStream(req.options.stop)
@@ -241,36 +304,57 @@ class Engine:
         """
         reuse = min(_common_prefix(slot.cached, prompt), len(prompt) - 1)
         if not self.mixed_prefill:
-            chunk = self.buffer.capacity
+            chunk = slot.group.buffer.capacity
             reuse = min(reuse, slot.prefilled) // chunk * chunk
         return reuse
 
-    def _release(self, slot: _Slot) -> None:
-        if slot.chain:
-            slot.chain.free()
-        slot.chain = slot.req = slot.stream = None
-        slot.pending = []
+    def _set_chain(self, slot: _Slot, opts: SamplingOptions) -> None:
+        key = opts.chain_key()
+        if slot.chain is not None and slot.chain_key == key:
+            slot.chain.reset()
+            return
+        self._drop_chain(slot)
+        slot.chain = SamplerChain(opts, self.model.vocab, self.model.n_vocab)
+        slot.chain_key = key
+        if self.backend_sampling and not opts.grammar:  # grammars are CPU-only in llama.cpp
+            slot.on_backend = bool(ll.llama_set_sampler(slot.group.ctx, slot.seq_id, slot.chain.ptr))
 
-    def _drop_cancelled(self, events: list[Event]) -> None:
-        for slot in self.slots:
+    def _drop_chain(self, slot: _Slot) -> None:
+        if slot.on_backend:
+            ll.llama_set_sampler(slot.group.ctx, slot.seq_id, None)  # detached before it is freed
+            slot.on_backend = False
+        if slot.chain is not None:
+            slot.chain.free()
+        slot.chain = slot.chain_key = None
+
+    def _release(self, slot: _Slot) -> None:
+        slot.req = slot.stream = None
+        slot.pending = []
+        if slot.on_backend:
+            # llama.cpp samples with every attached chain at every step, for idle sequences too (on a
+            # dummy row, to keep its graph static): an idle slot's chain would cost GPU time each step.
+            self._drop_chain(slot)
+
+    def _drop_cancelled(self, group: _Group, events: list[Event]) -> None:
+        for slot in group.slots:
             if slot.req is not None and slot.req.cancelled:
                 events.append(Event(slot.req, done=True, done_reason="cancelled"))
                 self._release(slot)
 
-    def _plan(self) -> list[tuple[_Slot, int, bool]]:
-        """Chooses this step's work: (slot, number of tokens, is_prefill) triples."""
-        decoding = [s for s in self.slots if s.busy and not s.pending]
-        prefilling = sorted((s for s in self.slots if s.busy and s.pending), key=lambda s: s.req.id)
+    def _plan(self, group: _Group) -> list[tuple[_Slot, int, bool]]:
+        """Chooses the group's next step: (slot, number of tokens, is_prefill) triples."""
+        decoding = [s for s in group.slots if s.busy and not s.pending]
+        prefilling = sorted((s for s in group.slots if s.busy and s.pending), key=lambda s: s.req.id)
         if not self.mixed_prefill:
             # Alternate between one sequence's prefill chunk and a decode step for everyone else.
-            if prefilling and (not decoding or not self._last_step_was_prefill):
-                self._last_step_was_prefill = True
+            if prefilling and (not decoding or not group.last_step_was_prefill):
+                group.last_step_was_prefill = True
                 s = prefilling[0]
-                return [(s, min(len(s.pending), self.buffer.capacity), True)]
-            self._last_step_was_prefill = False
+                return [(s, min(len(s.pending), group.buffer.capacity), True)]
+            group.last_step_was_prefill = False
             return [(s, 1, False) for s in decoding]
         plan = [(s, 1, False) for s in decoding]
-        budget = self.buffer.capacity - len(plan)
+        budget = group.buffer.capacity - len(plan)
         for s in prefilling:
             if budget <= 0:
                 break
@@ -279,16 +363,19 @@ class Engine:
             budget -= n
         return plan
 
-    def _step(self, events: list[Event]) -> int:
-        """One llama_decode over the planned work; returns the number of tokens sampled."""
-        plan = self._plan()
+    def _launch(self, group: _Group) -> None:
+        """Starts one llama_decode over the group's planned work; its outputs become group.inflight.
+
+        llama_decode returns once the work is queued on an asynchronous backend (a GPU), before the
+        results exist: they are read in _complete."""
+        plan = self._plan(group)
         if not plan:
-            return 0
+            return
         prof = self._profile
         for slot, _, is_prefill in plan:
             if not is_prefill and self.can_shift and len(slot.cached) + 1 >= self.n_ctx:
                 self._shift_context(slot)
-        buf = self.buffer
+        buf = group.buffer
         buf.clear()
         outputs: list[tuple[_Slot, int]] = []
         for slot, n, is_prefill in plan:
@@ -308,14 +395,21 @@ class Engine:
                 outputs.append((slot, idx))
         if prof:
             prof.mark("build")
-        rc = ll.llama_decode(self.model.ctx, buf.as_llama_batch())
+        rc = ll.llama_decode(group.ctx, buf.as_llama_batch())
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
+        group.inflight = outputs
         if prof:
             prof.mark("decode")
-            ll.llama_synchronize(self.model.ctx)  # the GPU's share apart from sampling's
+
+    def _complete(self, group: _Group, events: list[Event]) -> None:
+        """Samples the outputs of the group's launched step and hands on their tokens."""
+        outputs, group.inflight = group.inflight, []
+        prof = self._profile
+        if prof:
+            ll.llama_synchronize(group.ctx)  # the wait for the GPU, apart from sampling's time
             prof.mark("gpu")
-        tokens = self._sample(outputs)
+        tokens = self._sample(group.ctx, outputs)
         if prof:
             prof.mark("sample")
         now = time.perf_counter()
@@ -323,9 +417,8 @@ class Engine:
             self._take_token(slot, token, now, events)
         if prof:
             prof.mark("tokens")
-        return len(outputs)
 
-    def _sample(self, outputs: list[tuple[_Slot, int]]) -> list[int]:
+    def _sample(self, ctx, outputs: list[tuple[_Slot, int]]) -> list[int]:
         """One token per output, sampled by each sequence's C sampler chain.
 
         Sampling walks the whole vocabulary once per sequence (building its candidate array), which
@@ -334,11 +427,14 @@ class Engine:
         The first logits read synchronizes the context (and reorders outputs) before any worker starts,
         after which reads are plain memory reads.
         """
-        ctx = self.model.ctx
-        if len(outputs) < 2 * _MIN_PER_WORKER or self._pool is None:
+        if (len(outputs) < 2 * self._min_per_worker or self._pool is None
+                or all(slot.on_backend for slot, _ in outputs)):  # backend-sampled: a read and an accept
             return [slot.chain.sample(ctx, idx) for slot, idx in outputs]
-        ll.llama_get_logits_ith(ctx, outputs[0][1])
-        n = min(self._workers, len(outputs) // _MIN_PER_WORKER)
+        if self.backend_sampling:
+            ll.llama_get_sampled_token_ith(ctx, outputs[0][1])  # the same sync, whatever the first output
+        else:
+            ll.llama_get_logits_ith(ctx, outputs[0][1])
+        n = min(self._workers, len(outputs) // self._min_per_worker)
         groups = [outputs[i::n] for i in range(n)]
         results = list(self._pool.map(lambda g: [slot.chain.sample(ctx, idx) for slot, idx in g], groups))
         tokens = [0] * len(outputs)
@@ -391,7 +487,7 @@ class Engine:
         """Ollama's context shift: drop half of what follows num_keep, slide the rest down."""
         keep = min(max(slot.req.options.num_keep, 0), len(slot.cached) // 2)
         discard = (len(slot.cached) - keep) // 2
-        mem, seq = self.model.memory, slot.seq_id
+        mem, seq = slot.group.memory, slot.seq_id
         ll.llama_memory_seq_rm(mem, seq, keep, keep + discard)
         ll.llama_memory_seq_add(mem, seq, keep + discard, -1, -discard)
         del slot.cached[keep : keep + discard]

@@ -6,7 +6,6 @@ Sampling runs in C (llama.cpp sampler chains): Python never loops over the vocab
 from __future__ import annotations
 
 import ctypes
-import random
 from dataclasses import dataclass, field
 
 import llama_cpp as ll
@@ -36,9 +35,11 @@ class SamplingOptions:
             known["stop"] = [known["stop"]]
         return cls(**known)
 
-    def effective_seed(self) -> int:
-        # A negative seed means "random", as in Ollama; llama.cpp's default seed would repeat itself.
-        return self.seed if self.seed >= 0 else random.getrandbits(32)
+    def chain_key(self) -> tuple:
+        """What the sampler chain is built from: two requests with equal keys can share one chain,
+        reset between them (a reset chain samples exactly as a new one would)."""
+        return (self.temperature, self.top_k, self.top_p, self.min_p, self.typical_p, self.repeat_last_n,
+                self.repeat_penalty, self.presence_penalty, self.frequency_penalty, self.seed, self.grammar)
 
 
 class SamplerChain:
@@ -65,7 +66,11 @@ class SamplerChain:
             add(ll.llama_sampler_init_penalties(n_vocab, last_n, opts.repeat_penalty, opts.frequency_penalty,
                                                 opts.presence_penalty))
         if opts.temperature <= 0:
-            add(ll.llama_sampler_init_greedy())
+            # Greedy as "keep the most likely token, then draw from what is left", not llama.cpp's greedy
+            # sampler: on the backend, after top_k, that one returns the token's rank among the top k
+            # instead of its id. The draw from a single candidate needs no randomness.
+            add(ll.llama_sampler_init_temp(0.0))
+            add(ll.llama_sampler_init_dist(0))
             return
         if 0 < opts.typical_p < 1:
             add(ll.llama_sampler_init_typical(opts.typical_p, 1))
@@ -74,11 +79,18 @@ class SamplerChain:
         if opts.min_p > 0:
             add(ll.llama_sampler_init_min_p(opts.min_p, 1))
         add(ll.llama_sampler_init_temp(opts.temperature))
-        add(ll.llama_sampler_init_dist(ctypes.c_uint32(opts.effective_seed()).value))
+        # A negative seed means "random", as in Ollama: llama.cpp's LLAMA_DEFAULT_SEED draws a fresh
+        # seed when the chain is made and again at every reset.
+        seed = opts.seed if opts.seed >= 0 else ll.LLAMA_DEFAULT_SEED
+        add(ll.llama_sampler_init_dist(ctypes.c_uint32(seed).value))
 
     def sample(self, ctx, index: int) -> int:
         """Samples the `index`-th output of the last decode and accepts it into the chain's state."""
         return ll.llama_sampler_sample(self.ptr, ctx, index)
+
+    def reset(self) -> None:
+        """Back to the state of a new chain: penalty history cleared, the seed drawn again."""
+        ll.llama_sampler_reset(self.ptr)
 
     def free(self) -> None:
         if self.ptr:
