@@ -51,6 +51,7 @@ from .text import TextStream
 _MIN_PER_WORKER = 4
 _MIN_PER_WORKER_MANY_CORES = 2
 _MANY_CORES = 8
+_FILLER_TOKEN = 0  # what an idle slot decodes to close a gap between busy ones (any token id will do)
 
 
 @dataclass
@@ -354,7 +355,8 @@ class Engine:
             group.last_step_was_prefill = False
             return [(s, 1, False) for s in decoding]
         plan = [(s, 1, False) for s in decoding]
-        budget = group.buffer.capacity - len(plan)
+        busy = [s.seq_id for s in group.slots if s.busy]
+        budget = group.buffer.capacity - len(plan) - len(self._gap_fillers(group, busy))
         for s in prefilling:
             if budget <= 0:
                 break
@@ -362,6 +364,18 @@ class Engine:
             plan.append((s, n, True))
             budget -= n
         return plan
+
+    def _gap_fillers(self, group: _Group, seq_ids: list[int]) -> list[_Slot]:
+        """Idle slots whose sequence ids lie between those of a step's sequences.
+
+        With a KV stream per sequence, llama.cpp splits a batch into micro-batches of consecutive
+        sequence ids, each one more pass over the weights (and a wait for the host): sequences 0, 1, 3
+        decode in two passes. So each idle slot in such a gap decodes a token of its own in the step
+        (its KV stays correct: the token is recorded in the slot's cache like any other), which costs
+        far less than the extra pass (CPU, 3 of 4 slots busy: 10% faster steps)."""
+        if self.model.cfg.kv_unified or len(seq_ids) < 2:
+            return []
+        return [s for s in group.slots[min(seq_ids):max(seq_ids) + 1] if not s.busy]
 
     def _launch(self, group: _Group) -> None:
         """Starts one llama_decode over the group's planned work; its outputs become group.inflight.
@@ -377,10 +391,18 @@ class Engine:
                 self._shift_context(slot)
         buf = group.buffer
         buf.clear()
+        fillers = [(s, 1, None) for s in self._gap_fillers(group, [s.seq_id for s, _, _ in plan])]
         outputs: list[tuple[_Slot, int]] = []
-        for slot, n, is_prefill in plan:
+        # In sequence id order: llama.cpp looks for runs of consecutive ids in batch order.
+        for slot, n, is_prefill in sorted(plan + fillers, key=lambda entry: entry[0].seq_id):
             start = len(slot.cached)
-            if is_prefill:
+            if is_prefill is None:  # a gap filler
+                if start + 1 >= self.n_ctx:  # long idle: start its stream afresh
+                    ll.llama_memory_seq_rm(group.memory, slot.seq_id, -1, -1)
+                    slot.cached, slot.prefilled, start = [], 0, 0
+                buf.add((_FILLER_TOKEN,), start, slot.seq_id, False)
+                slot.cached.append(_FILLER_TOKEN)
+            elif is_prefill:
                 chunk = slot.pending[:n]
                 last = n == len(slot.pending)
                 idx = buf.add(chunk, start, slot.seq_id, last)

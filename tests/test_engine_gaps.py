@@ -1,0 +1,88 @@
+"""Idle slots between busy ones (runner/engine/batch.py, _gap_fillers): they decode a filler token in
+each step so that llama.cpp runs the step as one micro-batch. The fillers must not change what the
+busy sequences produce, and a slot that carried fillers must serve its next request as a fresh one.
+
+CPU, smollm2, seeded sampling: decode steps are batch-invariant there, so "the same text as alone" is
+exact. The engine runs in this process (what is under test is the step loop)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from runner.engine.batch import Engine, Request
+from runner.engine.model import ContextConfig, LoadedModel
+from runner.engine.sampling import SamplingOptions
+
+PROMPT = "Once upon a time"
+
+
+@pytest.fixture(scope="module")
+def model(smollm2_path):
+    m = LoadedModel(str(smollm2_path), ContextConfig(n_ctx_per_seq=256, n_seq=4, n_threads=2))
+    yield m
+    m.close()
+
+
+class Run:
+    """An engine and the text and end of each request it was given."""
+
+    def __init__(self, model):
+        self.model = model
+        self.text: dict[int, str] = {}
+        self.pieces: dict[int, int] = {}
+        self.ended: dict[int, threading.Event] = {}
+        self.engine = Engine(model, 4, self.on_events)
+        self.engine.start()
+
+    def on_events(self, events):
+        for e in events:
+            assert e.error is None, e.error
+            self.text[e.request.id] = self.text.get(e.request.id, "") + e.text
+            self.pieces[e.request.id] = self.pieces.get(e.request.id, 0) + 1
+            if e.done:
+                self.ended[e.request.id].set()
+
+    def submit(self, seed: int, n: int = 40) -> Request:
+        req = Request(prompt=self.model.tokenize(PROMPT),
+                      options=SamplingOptions(seed=seed, temperature=1.0, num_predict=n))
+        self.ended[req.id] = threading.Event()
+        self.engine.submit(req)
+        return req
+
+    def wait(self, req: Request) -> str:
+        assert self.ended[req.id].wait(60), "no answer"
+        return self.text.get(req.id, "")
+
+
+def alone(model, seed: int) -> str:
+    run = Run(model)
+    try:
+        return run.wait(run.submit(seed))
+    finally:
+        run.engine.stop()
+
+
+def test_fillers_change_nothing_for_busy_sequences_or_the_next_request(model):
+    solo = {seed: alone(model, seed) for seed in (1, 2, 3, 4)}
+    run = Run(model)
+    try:
+        first = run.submit(1)
+        second = run.submit(2, n=200)  # the one that leaves early: slot 1 becomes a gap
+        rest = [run.submit(3), run.submit(4)]
+        while run.pieces.get(second.id, 0) < 3:
+            assert not run.ended[second.id].is_set()
+            threading.Event().wait(0.01)
+        slots = {s.req.id: s.seq_id for s in run.engine.slots if s.req}
+        assert slots == {first.id: 0, second.id: 1, rest[0].id: 2, rest[1].id: 3}
+        run.engine.cancel(second)
+        while run.engine.slots[1].busy:
+            threading.Event().wait(0.01)
+        gap = len(run.engine.slots[1].cached)
+        assert [run.wait(r) for r in (first, *rest)] == [solo[1], solo[3], solo[4]]
+        assert len(run.engine.slots[1].cached) > gap  # slot 1 did decode fillers meanwhile
+        again = run.submit(2)  # into slot 1, which decoded fillers while the others ran
+        assert run.wait(again) == solo[2]
+    finally:
+        run.engine.stop()
