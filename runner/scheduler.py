@@ -155,6 +155,9 @@ class Scheduler:
         threads = options.get("num_thread") or config.parameters.get("num_thread")
         if threads:
             args += ["--threads", str(int(threads))]
+        batch = options.get("num_batch") or config.parameters.get("num_batch")
+        if batch:  # tokens per llama_decode (and micro-batch): bigger prefills faster, at more memory
+            args += ["--batch", str(int(batch))]
         if placement.gpu_layers > 0:
             args.append("--mixed-prefill")  # GPU: throughput over bit-exact batch invariance
             if self.settings.gpu_sampling and placement.gpu_layers > placement.n_layers:

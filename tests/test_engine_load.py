@@ -120,3 +120,15 @@ def test_clients_hanging_up_free_their_slots(busy):
         results = list(pool.map(lambda i: busy.post("/api/generate", _body(i, False), timeout=60), range(N)))
     assert all(status == 200 and body["done"] for status, body in results)
     assert time.time() - t0 < 60  # only possible once the hung-up answers were cancelled in the engine
+
+
+def test_num_batch_sizes_the_runners_steps(busy, tiny_gguf):
+    """PARAMETER num_batch (Ollama's option) reaches the runner as its llama_decode batch size (raised to
+    the slot count where smaller: a decode step carries a token of each), and answers come out whole."""
+    busy.create_from_gguf("tiny-batch16", tiny_gguf, parameters={"num_batch": 16})
+    body = {"model": "tiny-batch16", "prompt": "word " * 200, "raw": True, "stream": False,
+            "options": {"num_predict": 5, "temperature": 0}}
+    status, answer = busy.post("/api/generate", body)
+    assert status == 200 and answer["done"] and answer["eval_count"] == 5, answer
+    assert answer["prompt_eval_count"] > N  # more than one step's worth of prompt (the batch is >= the slots)
+    assert any(b"--batch\x0016\x00" in _cmdline(p) for p in runner_pids(busy.proc.pid))

@@ -108,8 +108,8 @@ class LoadedModel:
     def _init_context(self, cfg: ContextConfig, n_seq: int) -> None:
         cparams = ll.llama_context_default_params()
         cparams.n_ctx = cfg.n_ctx_per_seq * n_seq
-        cparams.n_batch = cfg.n_batch
-        cparams.n_ubatch = cfg.n_batch
+        # A decode step carries a token of every slot: the batch is never smaller than the slot count.
+        cparams.n_batch = cparams.n_ubatch = max(cfg.n_batch, n_seq)
         cparams.n_seq_max = n_seq
         threads = cfg.n_threads or os.cpu_count() or 1
         cparams.n_threads = threads
