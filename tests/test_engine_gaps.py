@@ -8,6 +8,7 @@ exact. The engine runs in this process (what is under test is the step loop)."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -73,12 +74,12 @@ def test_fillers_change_nothing_for_busy_sequences_or_the_next_request(model):
         rest = [run.submit(3), run.submit(4)]
         while run.pieces.get(second.id, 0) < 3:
             assert not run.ended[second.id].is_set()
-            threading.Event().wait(0.01)
+            time.sleep(0.01)
         slots = {s.req.id: s.seq_id for s in run.engine.slots if s.req}
         assert slots == {first.id: 0, second.id: 1, rest[0].id: 2, rest[1].id: 3}
         run.engine.cancel(second)
         while run.engine.slots[1].busy:
-            threading.Event().wait(0.01)
+            time.sleep(0.01)
         gap = len(run.engine.slots[1].cached)
         assert [run.wait(r) for r in (first, *rest)] == [solo[1], solo[3], solo[4]]
         assert len(run.engine.slots[1].cached) > gap  # slot 1 did decode fillers meanwhile

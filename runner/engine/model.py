@@ -38,12 +38,6 @@ class ContextConfig:
     flash_attn: str = "auto"  # "auto", "on", "off"
     kv_type: str = "f16"
     use_mmap: bool = True
-    # One cell pool shared by all slots, or (the default, now on the GPU too) a stream of n_ctx_per_seq
-    # cells per slot, which lays each sequence's KV out exactly as if it ran alone: softmax sums then see
-    # the same layout, so outputs do not depend on other requests. Per-slot streams are also faster with
-    # many slots: each token attends over its own sequence's cells, not the whole pool, and llama.cpp's
-    # attention mask is built per stream (H100, 8B, 64 slots: 4,000 vs 3,100 tok/s in steady decode).
-    kv_unified: bool = False
     # An embedding model (BERT and kin): no generation context at all; embeddings get their own.
     embedding_only: bool = False
     # The slots split over this many contexts (each its own KV cache and compute buffers), so that the
@@ -114,7 +108,12 @@ class LoadedModel:
         threads = cfg.n_threads or os.cpu_count() or 1
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
-        cparams.kv_unified = cfg.kv_unified
+        # A stream of n_ctx_per_seq cells per slot, not one pool shared by all: it lays each sequence's
+        # KV out exactly as if it ran alone (softmax sums see the same layout, so outputs do not depend on
+        # other requests), and with many slots it is faster: each token attends over its own sequence's
+        # cells, and llama.cpp builds the attention mask per stream (H100, 8B, 64 slots: 4,000 vs 3,100
+        # tok/s in steady decode). The engine's batches are laid out for it (batch.py, _gap_fillers).
+        cparams.kv_unified = False
         # One output (the last token's) per sequence per step is all the engine asks for; saying so lets
         # llama.cpp's backend samplers with per-sequence history (repetition penalties) run on the GPU.
         cparams.n_outputs_max_per_seq = 1
