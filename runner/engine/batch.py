@@ -41,6 +41,7 @@ import llama_cpp as ll
 
 from .batch_buffer import BatchBuffer
 from .model import LoadedModel
+from .prompt_blocks import best_block
 from .sampling import SamplerChain, SamplingOptions
 from .step_profile import from_env as step_profile_from_env
 from .text import TextStream
@@ -191,7 +192,8 @@ class Engine:
         with self._lock:
             self._stop = True
             self._lock.notify()
-        self.thread.join(timeout=10)
+        if self.thread.ident is not None:  # started (a test may drive the steps itself)
+            self.thread.join(timeout=10)
         if self._pool is not None:
             self._pool.shutdown(wait=False)
         if not self.thread.is_alive():  # else the engine thread may still be using the chains
@@ -355,15 +357,51 @@ class Engine:
             group.last_step_was_prefill = False
             return [(s, 1, False) for s in decoding]
         plan = [(s, 1, False) for s in decoding]
-        busy = [s.seq_id for s in group.slots if s.busy]
-        budget = group.buffer.capacity - len(plan) - len(self._gap_fillers(group, busy))
+        if not prefilling:
+            return plan
+        capacity = group.buffer.capacity
+        if decoding:
+            # Every prefilling sequence puts one prompt token into the decodes' micro-batch, so that no
+            # busy slot leaves a gap in it (idle ones get fillers); the blocks below add a pass each.
+            base = 1
+            busy = [s.seq_id for s in group.slots if s.busy]
+            budget = capacity - len(busy) - len(self._gap_fillers(group, busy))
+        else:
+            base, budget = 0, capacity
+        chunks = self._prompt_blocks(group, prefilling, base, budget, more_blocks=bool(decoding))
         for s in prefilling:
-            if budget <= 0:
-                break
-            n = min(len(s.pending), budget)
-            plan.append((s, n, True))
-            budget -= n
+            n = base + chunks.get(s.seq_id, 0)
+            if n:
+                plan.append((s, n, True))
         return plan
+
+    def _prompt_blocks(self, group: _Group, prefilling: list[_Slot], base: int, budget: int,
+                       more_blocks: bool) -> dict[int, int]:
+        """Prompt tokens per sequence id beyond `base`, in blocks of consecutive sequences with equal
+        chunks (prompt_blocks.py: one micro-batch each), the oldest request's block first. Later
+        blocks only when worth their pass, and only beside decodes: without a decode micro-batch
+        spanning them, the fillers between blocks would make a micro-batch of their own."""
+        avail = {s.seq_id: len(s.pending) - base for s in prefilling if len(s.pending) > base}
+        chunks: dict[int, int] = {}
+        for oldest in prefilling:  # sorted by request id
+            if budget <= 0 or oldest.seq_id not in avail:
+                continue
+            first = last = oldest.seq_id
+            while first - 1 in avail:
+                first -= 1
+            while last + 1 in avail:
+                last += 1
+            run = range(first, last + 1)
+            a, b, chunk = best_block([avail[i] for i in run], oldest.seq_id - first, budget)
+            if chunks and (b - a + 1) * chunk < group.buffer.capacity // 4:
+                break
+            for seq_id in run[a:b + 1]:
+                chunks[seq_id] = chunk
+                del avail[seq_id]
+            budget -= (b - a + 1) * chunk
+            if not more_blocks:
+                break
+        return chunks
 
     def _gap_fillers(self, group: _Group, seq_ids: list[int]) -> list[_Slot]:
         """Idle slots whose sequence ids lie between those of a step's sequences.
