@@ -2,7 +2,9 @@
 # On the GPU machine (see ../shared/tools/README.md): lm and llama-server from the same llama.cpp build,
 # the same synthetic GGUF, the same load, side by side. Prepare here with
 #   bash ../shared/tools/device-prep.sh && cp ../shared/tools/{device-build.sh,synth_gguf.py} .device/
-#   cp -r .venv/lib/python3*/site-packages/platformdirs .device/py/
+#   cp -r .venv/lib/python3*/site-packages/{platformdirs,prometheus_client} .device/py/
+#   pip download orjson --python-version 3.12 --only-binary=:all: --platform manylinux_2_17_x86_64 --no-deps -d W
+#   (cd .device/py && python3 -m zipfile -e W/orjson-*.whl .)     # the GPU machine runs Python 3.12
 # then run this script there with .device carried. Results go to $OUT (or /tmp/lm-bench).
 #   SHAPE=llama3-8b|small-0.5b  CLIENTS=1,8,32  SLOTS=32  TOKENS=128  PROMPT=64 (words)
 #   PEER_FLAGS="--backend-sampling" (llama-server's best at 32 clients per ../shared/tools/README.md)
