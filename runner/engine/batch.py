@@ -384,7 +384,9 @@ class Engine:
         avail = {s.seq_id: len(s.pending) - base for s in prefilling if len(s.pending) > base}
         chunks: dict[int, int] = {}
         for oldest in prefilling:  # sorted by request id
-            if budget <= 0 or oldest.seq_id not in avail:
+            if budget <= 0:
+                break
+            if oldest.seq_id not in avail:
                 continue
             first = last = oldest.seq_id
             while first - 1 in avail:

@@ -3,9 +3,9 @@
 With a KV stream per sequence, llama.cpp cuts a batch into micro-batches ("split_equal"): each takes a
 run of consecutive sequence ids, the same number of tokens from every sequence in the run, as many as
 the shortest of them has left. Each micro-batch is one more pass over the weights and one more wait for
-the host, whatever its size (~7 ms for an 8B model on an H100). Prompt chunks of uneven lengths in
-scattered slots therefore cost several small passes per step: two prompts of 277 and 235 tokens beside
-one decoding sequence ran as micro-batches of 3, 234 and 42 tokens.
+the host, whatever its size (~7 ms for an 8B model on an H100). Prompt chunks of uneven lengths
+therefore cost several passes per step: by that rule, one decoding sequence beside prompts with 41, 277
+and 192 tokens in the step (what a first-come budget of 512 gives) runs as passes of 4, 120, 302 and 85.
 
 So a step's prompt tokens come as blocks: consecutive prefilling sequences taking equal chunks, one
 micro-batch each. The oldest request's sequence is always in the first block (no prompt starves).
