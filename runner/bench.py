@@ -59,6 +59,14 @@ class Target:
         if self.kind == "llama-server" and not self.url.endswith("/completion"):
             self.url += "/completion"
 
+    async def prompt_tokens(self, session: aiohttp.ClientSession, prompt: str) -> int:
+        """How many tokens the model makes of `prompt` (a one-token request reports it); lm or Ollama."""
+        body = {"model": self.model, "prompt": prompt, "stream": False, "raw": True, "options": {"num_predict": 1}}
+        async with session.post(self.url + "/api/generate", json=body) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"{resp.status}: {await resp.text()}")
+            return int((await resp.json(content_type=None))["prompt_eval_count"])
+
     async def one(self, session: aiohttp.ClientSession, prompt: str, n: int, seed: int) -> tuple[float, int]:
         """(ttft seconds, tokens generated) for one streamed request."""
         t0 = time.perf_counter()
@@ -127,6 +135,21 @@ async def run_load(target: Target, clients: int, requests_per_client: int, n_pre
         await asyncio.gather(*(client(c) for c in range(clients)))
         result.wall = time.perf_counter() - t0
     return result
+
+
+async def words_for_tokens(target: Target, n_tokens: int) -> tuple[int, int]:
+    """(words, tokens): how many words make_prompt needs for a prompt of about n_tokens in the target's
+    tokenizer, and the tokens that many words make. Loads are set in tokens, as llama-batched-bench's
+    are, because words are no measure across vocabularies: a synthetic GGUF's tokenizer splits each
+    of these words into ~8 tokens, a real Llama 3's into ~1."""
+    salt = next(_run_nonce)  # as many digits as the load's own salts
+    timeout = aiohttp.ClientTimeout(total=None)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        base = await target.prompt_tokens(session, make_prompt(0, salt))
+        sample = await target.prompt_tokens(session, make_prompt(64, salt))
+        per_word = max((sample - base) / 64, 1e-9)
+        words = max(0, round((n_tokens - base) / per_word))
+        return words, await target.prompt_tokens(session, make_prompt(words, salt))
 
 
 async def warm_up(target: Target) -> None:

@@ -3,11 +3,12 @@
 # Prepare .device as scripts/gpu_bench.sh says, and put the baseline's tree beside it, e.g.
 #   mkdir -p .device/base && git archive HEAD runner registry modelfiles | tar x -C .device/base
 # then run there:  VARIANTS="base:.device/base new:. new2048:.:2048" bash scripts/gpu_ab.sh
-#   VARIANTS="name:dir[:num_batch] ..."  CLIENTS=8,32,64  SHAPE=llama3-8b  LM_ENGINE_PROFILE=N LM_DEBUG=1
+#   VARIANTS="name:dir[:num_batch] ..."  CLIENTS=8,32,64  SHAPE=llama3-8b  PROMPT=277 (tokens)
+#   LM_ENGINE_PROFILE=N LM_DEBUG=1
 set -uo pipefail
 ROOT=$PWD; OUT=${OUT:-/tmp/ab}; mkdir -p "$OUT"
 SHAPE=${SHAPE:-llama3-8b}; CLIENTS=${CLIENTS:-8,32,64}; SLOTS=${SLOTS:-64}; TOKENS=${TOKENS:-256}
-PROMPT=${PROMPT:-32}; CTX=${CTX:-2048}; REQS=${REQS:-2}
+PROMPT=${PROMPT:-277}; CTX=${CTX:-2048}; REQS=${REQS:-2}
 bash .device/device-build.sh >/dev/null || exit 1
 export LD_LIBRARY_PATH=/tmp/lb/bin LLAMA_CPP_LIB_PATH=/tmp/lb/bin
 model=/tmp/$SHAPE.gguf
@@ -23,6 +24,8 @@ for v in $VARIANTS; do
    { printf 'FROM %s\n' "$model"; [ -n "$nb" ] && printf 'PARAMETER num_batch %s\n' "$nb"; } > /tmp/Modelfile
    python3 -m runner.cli create synth -f /tmp/Modelfile >/dev/null || tail -20 "$OUT/serve-$name.log"
    echo "== $name"
-   python3 -m runner.cli bench synth --clients "$CLIENTS" --tokens "$TOKENS" --requests "$REQS" --prompt-tokens "$PROMPT" 2>&1 | grep -v "^\s*$" | tail -8
+   # The load comes from this tree's client for every variant, so each gets the very same prompts.
+   (cd "$ROOT" && PYTHONPATH=$ROOT/.device/py:$ROOT python3 -m runner.cli bench synth --clients "$CLIENTS" \
+      --tokens "$TOKENS" --requests "$REQS" --prompt-tokens "$PROMPT" 2>&1 | grep -v "^\s*$" | tail -8)
    kill $pid; wait $pid) | tee -a "$OUT/ab.txt"
 done

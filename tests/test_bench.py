@@ -22,8 +22,11 @@ def test_bench_prints_table_with_a_peer(make_daemon, tiny_gguf):
 
 
 def test_bench_json(daemon, tiny):
-    result = daemon.cli("bench", tiny, "--clients", "2", "--tokens", "4", "--requests", "2", "--json")
+    result = daemon.cli("bench", tiny, "--clients", "2", "--tokens", "4", "--requests", "2", "--prompt-tokens", "40",
+                        "--json")
     assert result.returncode == 0, result.stderr
     (row,) = json.loads(result.stdout)
     assert row["target"] == "lm" and row["clients"] == 2 and row["errors"] == 0
+    # Prompts are sized in the model's own tokens (calibrated by whole words, so within a word of it).
+    assert 30 <= row["prompt_tokens"] <= 50, row
     assert row["tokens"] > 0 and row["tok_s"] > 0 and row["ttft_p50_ms"] > 0

@@ -9,10 +9,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..bench import Target, run_load, summarize, warm_up
+from ..bench import Target, run_load, summarize, warm_up, words_for_tokens
 
 
-def run_bench(base_url: str, model: str, clients: list[int], tokens: int, prompt_words: int, requests: int,
+def run_bench(base_url: str, model: str, clients: list[int], tokens: int, prompt_tokens: int, requests: int,
               compare: str | None, compare_model: str | None, as_json: bool) -> list[dict]:
     targets = [("lm", Target(base_url, model))]
     if compare:
@@ -21,6 +21,8 @@ def run_bench(base_url: str, model: str, clients: list[int], tokens: int, prompt
     rows: list[dict] = []
     for label, target in targets:
         asyncio.run(warm_up(target))
+    # The same words go to every target: the same GGUF tokenizes them alike on each side.
+    prompt_words, prompt_tokens = asyncio.run(words_for_tokens(targets[0][1], prompt_tokens))
     for c in clients:
         for label, target in targets:
             total = c * requests * tokens
@@ -29,11 +31,11 @@ def run_bench(base_url: str, model: str, clients: list[int], tokens: int, prompt
                 task = progress.add_task("tokens", total=total)
                 result = asyncio.run(run_load(target, c, requests, tokens, prompt_words,
                                               on_progress=lambda n: progress.advance(task, n)))
-            rows.append({"target": label, "url": target.url, **summarize(result)})
+            rows.append({"target": label, "url": target.url, "prompt_tokens": prompt_tokens, **summarize(result)})
     if as_json:
         print(json.dumps(rows))
         return rows
-    table = Table(title=f"{model}: {tokens} tokens per request, ~{prompt_words}-word prompts, {requests} per client")
+    table = Table(title=f"{model}: {tokens} tokens per request, {prompt_tokens}-token prompts, {requests} per client")
     for col in ("target", "clients", "tok/s", "per client tok/s", "TTFT p50 ms", "TTFT p95 ms", "errors"):
         table.add_column(col, justify="right" if col != "target" else "left")
     if compare:
