@@ -60,12 +60,18 @@ class Target:
             self.url += "/completion"
 
     async def prompt_tokens(self, session: aiohttp.ClientSession, prompt: str) -> int:
-        """How many tokens the model makes of `prompt` (a one-token request reports it); lm or Ollama."""
+        """How many tokens the model makes of `prompt` (a one-token request reports it); lm or Ollama.
+
+        From the answer's `context` (prompt and generated tokens), not `prompt_eval_count`: that one
+        counts only the tokens evaluated, and a prefix-cache hit leaves those few."""
         body = {"model": self.model, "prompt": prompt, "stream": False, "raw": True, "options": {"num_predict": 1}}
         async with session.post(self.url + "/api/generate", json=body) as resp:
             if resp.status != 200:
                 raise RuntimeError(f"{resp.status}: {await resp.text()}")
-            return int((await resp.json(content_type=None))["prompt_eval_count"])
+            answer = await resp.json(content_type=None)
+        if answer.get("context"):
+            return len(answer["context"]) - int(answer.get("eval_count") or 0)
+        return int(answer["prompt_eval_count"])
 
     async def one(self, session: aiohttp.ClientSession, prompt: str, n: int, seed: int) -> tuple[float, int]:
         """(ttft seconds, tokens generated) for one streamed request."""

@@ -3,7 +3,12 @@ and prints its table (no timing assertions: speed is for scripts/host_overhead.p
 
 from __future__ import annotations
 
+import asyncio
 import json
+
+import aiohttp
+
+from runner.bench import Target, make_prompt
 
 
 def test_bench_prints_table_with_a_peer(make_daemon, tiny_gguf):
@@ -30,3 +35,20 @@ def test_bench_json(daemon, tiny):
     # Prompts are sized in the model's own tokens (calibrated by whole words, so within a word of it).
     assert 30 <= row["prompt_tokens"] <= 50, row
     assert row["tokens"] > 0 and row["tok_s"] > 0 and row["ttft_p50_ms"] > 0
+
+
+def test_prompt_tokens_count_cached_prompts_too(daemon, tiny):
+    # A prompt long enough for the prefix cache to keep whole prefill chunks of it: asked again, it is
+    # mostly a cache hit, and its length must still be the whole prompt's (prompt_eval_count is not).
+    prompt = make_prompt(400, 12345)
+
+    async def count_twice() -> list[int]:
+        async with aiohttp.ClientSession() as session:
+            target = Target(daemon.url, tiny)
+            return [await target.prompt_tokens(session, prompt) for _ in range(2)]
+
+    first, second = asyncio.run(count_twice())
+    assert first == second > 1024, (first, second)
+    status, body = daemon.post("/api/generate", {"model": tiny, "prompt": prompt, "raw": True, "stream": False,
+                                                 "options": {"num_predict": 1}})
+    assert status == 200 and body["prompt_eval_count"] < first  # the cache hit this test is about
