@@ -111,30 +111,3 @@ def test_mixed_steps_make_no_small_micro_batches(model):
         assert 1 <= r.eval_count <= r.options.num_predict
         assert 1 <= r.prompt_eval_count <= len(r.prompt) and r.context[:len(r.prompt)] == r.prompt
     assert widest_block >= 2  # some step's budget went to a block of several prompts
-
-
-def test_a_burst_of_requests_is_admitted_in_one_turn_per_group(smollm2_path):
-    # Two slot groups (the GPU's pipelined engine), 8 requests at once: each group takes its half at its
-    # first turn, instead of the waiting ones trickling in a request or two per step.
-    cfg = ContextConfig(n_ctx_per_seq=256, n_seq=8, n_batch=64, n_threads=2, n_contexts=2)
-    m = LoadedModel(str(smollm2_path), cfg)
-    try:
-        engine = Engine(m, 8, lambda events: None, mixed_prefill=True)
-        assert len(engine.groups) == 2
-        prompt = m.tokenize("A short prompt")
-        for _ in range(7):
-            engine.submit(Request(prompt=prompt, options=SamplingOptions(num_predict=4)))
-        a, b = engine.groups
-        events: list = []
-        engine._admit(a, events)
-        assert a.busy == 4  # its share, rounded up: ceil(7 / 2)
-        engine._admit(b, events)
-        assert b.busy == 3 and not engine._waiting
-        engine.submit(Request(prompt=prompt, options=SamplingOptions(num_predict=4)))
-        engine._admit(a, events)  # already above its share of 8: the newcomer is the other group's
-        assert a.busy == 4 and len(engine._waiting) == 1
-        engine._admit(b, events)
-        assert b.busy == 4 and not events
-        engine.stop()
-    finally:
-        m.close()

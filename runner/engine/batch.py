@@ -255,22 +255,15 @@ class Engine:
             self.on_events(events)
 
     def _admit(self, group: _Group, events: list[Event]) -> None:
-        """Waiting requests into the group's free slots, up to the group's fair share of the load.
-
-        The share is of everything busy or waiting, so a burst of arrivals is admitted in one turn per
-        group (64 requests: 32 now, 32 at the other group's turn). Admitting only while a group is not
-        ahead of the others took two requests per half-step: the 64th waited ~30 steps to start.
-        """
+        """Waiting requests into the group's free slots, keeping the groups' loads even."""
         while True:
             free = [s for s in group.slots if not s.busy]
-            if not free:
-                return
+            if not free or any(g.busy < group.busy for g in self.groups if g is not group
+                               and any(not s.busy for s in g.slots)):
+                return  # another group with room is less busy: the request waits for its turn
             with self._lock:
                 if not self._waiting:
                     return
-                load = sum(g.busy for g in self.groups) + len(self._waiting)
-                if group.busy >= -(-load // len(self.groups)):
-                    return  # the rest is the other groups' share: it waits for their turn
                 req = self._waiting.popleft()
             if req.cancelled:
                 events.append(Event(req, done=True, done_reason="cancelled"))
