@@ -105,14 +105,20 @@ def test_sigterm_lets_in_flight_requests_finish_then_unloads(make_daemon, tiny_g
     assert "shutting down" in log and "1 request(s) in flight" in log
 
 
-def test_sigterm_cancels_what_does_not_finish_in_time(make_daemon, tiny_gguf):
-    d = make_daemon({"LM_SHUTDOWN_TIMEOUT": "1s", "LM_CONTEXT_LENGTH": "512"})
-    runner = load_tiny(d, tiny_gguf)
+def sigterm_during_an_endless_stream(d: Daemon, gguf: Path) -> tuple[int, http.client.HTTPResponse, float]:
+    """Starts a stream that never ends by itself, then SIGTERMs the daemon: (runner pid, stream, when)."""
+    runner = load_tiny(d, gguf)
     # Greedy from "hi", the tiny model never says EOS (checked for 20,000 tokens): it runs until stopped.
     resp = open_stream(d, {"model": "tiny", "prompt": "hi", "options": {"num_predict": -1, "temperature": 0}})
     json.loads(resp.readline())
     t0 = time.time()
     d.proc.send_signal(signal.SIGTERM)
+    return runner, resp, t0
+
+
+def test_sigterm_cancels_what_does_not_finish_in_time(make_daemon, tiny_gguf):
+    d = make_daemon({"LM_SHUTDOWN_TIMEOUT": "1s", "LM_CONTEXT_LENGTH": "512"})
+    runner, resp, t0 = sigterm_during_an_endless_stream(d, tiny_gguf)
     try:
         rest = resp.read()
     except http.client.IncompleteRead as exc:  # cut mid-chunk
@@ -125,11 +131,7 @@ def test_sigterm_cancels_what_does_not_finish_in_time(make_daemon, tiny_gguf):
 
 def test_a_second_signal_stops_at_once(make_daemon, tiny_gguf):
     d = make_daemon({"LM_SHUTDOWN_TIMEOUT": "120s", "LM_CONTEXT_LENGTH": "512"})
-    runner = load_tiny(d, tiny_gguf)
-    resp = open_stream(d, {"model": "tiny", "prompt": "hi", "options": {"num_predict": -1, "temperature": 0}})
-    json.loads(resp.readline())
-    t0 = time.time()
-    d.proc.send_signal(signal.SIGTERM)
+    runner, resp, t0 = sigterm_during_an_endless_stream(d, tiny_gguf)
     time.sleep(0.5)
     d.proc.send_signal(signal.SIGINT)
     d.proc.wait(timeout=20)
