@@ -11,13 +11,15 @@ answer under the same load."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import Daemon
+from tests.conftest import REPO, Daemon
 from tests.test_faults import runner_pids
 
 N = 32
@@ -132,3 +134,13 @@ def test_num_batch_sizes_the_runners_steps(busy, tiny_gguf):
     assert status == 200 and answer["done"] and answer["eval_count"] == 5, answer
     assert answer["prompt_eval_count"] > N  # more than one step's worth of prompt (the batch is >= the slots)
     assert any(b"--batch\x0016\x00" in _cmdline(p) for p in runner_pids(busy.proc.pid))
+
+
+def test_load_correctness_script_finds_cpu_outputs_identical(busy):
+    # scripts/load_correctness.py is the GPU's check (texts need not be equal there); on the CPU it
+    # must report every text under load identical to its run alone, and no broken limits.
+    script = REPO / "scripts" / "load_correctness.py"
+    out = subprocess.run([sys.executable, str(script), "--model", "smollm2", "--clients", "8", "--tokens", "12",
+                          "--host", f"127.0.0.1:{busy.port}"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "8 prompts, 12 tokens: 8 identical under load, 0 with problems" in out.stdout
