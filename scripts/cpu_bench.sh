@@ -18,4 +18,4 @@ printf 'FROM %s\n' "$gguf" > "$OUT/Modelfile"
 .venv/bin/lm create "$MODEL" -f "$OUT/Modelfile" > /dev/null || exit 1
 "$LB/llama-bench" -m "$gguf" -p 0 -n "$TOKENS" 2>/dev/null | grep "tg$TOKENS"
 .venv/bin/lm bench "$MODEL" --clients "$CLIENTS" --tokens "$TOKENS" --prompt-tokens "$PROMPT" --requests "$REQS" \
-  --compare http://127.0.0.1:8082/completion
+  --compare http://127.0.0.1:8082/completion ${BENCH_FLAGS:-}
