@@ -256,6 +256,10 @@ class Engine:
 
     def _admit(self, group: _Group, events: list[Event]) -> None:
         """Waiting requests into the group's free slots, keeping the groups' loads even."""
+        if not self._waiting:
+            # Nothing waits (a request appended meanwhile is seen at the next step): skip the slot scans
+            # below, which at one client were a fifth of the engine's Python time per token.
+            return
         while True:
             free = [s for s in group.slots if not s.busy]
             if not free or any(g.busy < group.busy for g in self.groups if g is not group

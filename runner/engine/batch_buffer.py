@@ -25,6 +25,14 @@ class BatchBuffer:
             *[ctypes.cast(base + 4 * i, ctypes.POINTER(ll.llama_seq_id)) for i in range(capacity)]
         )
         self.n = 0
+        # The arrays never move, so the llama_batch pointing into them is made once; a step sets its size.
+        batch = self._batch = ll.llama_batch()
+        batch.token = self.token.ctypes.data_as(ctypes.POINTER(ll.llama_token))
+        batch.embd = None
+        batch.pos = self.pos.ctypes.data_as(ctypes.POINTER(ll.llama_pos))
+        batch.n_seq_id = self.n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        batch.seq_id = self._seq_ptrs
+        batch.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
 
     def clear(self) -> None:
         self.n = 0
@@ -47,12 +55,5 @@ class BatchBuffer:
         return self.capacity - self.n
 
     def as_llama_batch(self) -> ll.llama_batch:
-        batch = ll.llama_batch()
-        batch.n_tokens = self.n
-        batch.token = self.token.ctypes.data_as(ctypes.POINTER(ll.llama_token))
-        batch.embd = None
-        batch.pos = self.pos.ctypes.data_as(ctypes.POINTER(ll.llama_pos))
-        batch.n_seq_id = self.n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
-        batch.seq_id = self._seq_ptrs
-        batch.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
-        return batch
+        self._batch.n_tokens = self.n
+        return self._batch
