@@ -3,7 +3,7 @@
 # Prepare .device as scripts/gpu_bench.sh says, and put the baseline's tree beside it, e.g.
 #   mkdir -p .device/base && git archive HEAD runner registry modelfiles | tar x -C .device/base
 # then run there:  VARIANTS="base:.device/base new:. new2048:.:2048" bash scripts/gpu_ab.sh
-#   VARIANTS="name:dir[:num_batch] ..."  CLIENTS=8,32,64  SHAPE=llama3-8b  PROMPT=277 (tokens)
+#   VARIANTS="name:dir[:num_batch[:ENV=VALUE,...]] ..."  e.g. "base:.device/base topk:.::LM_GPU_TOPK=40"  CLIENTS=8,32,64  SHAPE=llama3-8b  PROMPT=277 (tokens)
 #   LM_ENGINE_PROFILE=N LM_DEBUG=1
 set -uo pipefail
 ROOT=$PWD; OUT=${OUT:-/tmp/ab}; mkdir -p "$OUT"
@@ -15,11 +15,11 @@ model=/tmp/$SHAPE.gguf
 [ -f "$model" ] || PYTHONPATH=$ROOT/.device/py python3 .device/synth_gguf.py "$model" --shape "$SHAPE" >/dev/null
 python3 --version; PYTHONPATH=$ROOT/.device/py:$ROOT python3 -c "import runner.server.app, runner.bench" || exit 1
 for v in $VARIANTS; do
-  IFS=: read -r name dir nb <<<"$v"
+  IFS=: read -r name dir nb envs <<<"$v"
   rm -rf /tmp/lm-store
   (cd "$ROOT/$dir" && export PYTHONPATH=$ROOT/.device/py:$ROOT/$dir LM_MODELS=/tmp/lm-store LM_HOST=127.0.0.1:11500 \
      LM_NUM_PARALLEL=$SLOTS LM_CONTEXT_LENGTH=$CTX LM_NO_AUTOSTART=1 LM_DEBUG=${LM_DEBUG:-0}
-   python3 -m runner.cli serve > "$OUT/serve-$name.log" 2>&1 & pid=$!
+   env ${envs//,/ } python3 -m runner.cli serve > "$OUT/serve-$name.log" 2>&1 & pid=$!
    for i in $(seq 1 60); do kill -0 $pid 2>/dev/null || break; curl -sf http://127.0.0.1:11500/ >/dev/null && break; sleep 1; done
    { printf 'FROM %s\n' "$model"; [ -n "$nb" ] && printf 'PARAMETER num_batch %s\n' "$nb"; } > /tmp/Modelfile
    python3 -m runner.cli create synth -f /tmp/Modelfile >/dev/null || tail -20 "$OUT/serve-$name.log"

@@ -1,6 +1,7 @@
 """Sampler chains in the engine, on the CPU with smollm2: a slot's chain reused by the next request with
 the same options samples exactly as a new one, and llama.cpp's backend sampling (chains attached to the
-context, the decode graph samples) gives what the host-side chains give, grammars staying on the host.
+context, the decode graph samples) gives what the host-side chains give, grammars staying on the host;
+and so do host chains sampling from a backend top_k's candidates.
 
 The engine runs in this process here (no HTTP): what is under test is the decode loop's sampling."""
 
@@ -27,7 +28,7 @@ def model(smollm2_path):
 
 
 def generate(model, option_sets: list[dict], *, backend: bool, sequential: bool = False,
-             prompt: str = "Once upon a time", n: int = 24) -> list[str]:
+             prompt: str = "Once upon a time", n: int = 24, backend_top_k: int = 0) -> list[str]:
     """Texts of one request per option set, all at once (or one after another: the same slot again)."""
     texts: dict[int, str] = {}
     done = threading.Event()
@@ -41,7 +42,7 @@ def generate(model, option_sets: list[dict], *, backend: bool, sequential: bool 
                 finished.append(e.request.id)
                 done.set()
 
-    engine = Engine(model, 4, on_events, backend_sampling=backend)
+    engine = Engine(model, 4, on_events, backend_sampling=backend, backend_top_k=backend_top_k)
     engine.start()
     try:
         tokens = model.tokenize(prompt)
@@ -86,3 +87,16 @@ def test_backend_sampling_keeps_grammars_on_the_host(model):
     texts = generate(model, [constrained, *SEEDED], backend=True, prompt="Is the sky blue? Answer:")
     assert texts[0] in ("yes.", "no.")
     assert texts == generate(model, [constrained, *SEEDED], backend=False, prompt="Is the sky blue? Answer:")
+
+
+def test_host_chains_on_backend_top_k_candidates_sample_as_from_the_whole_vocabulary(model):
+    # Requests the 40 candidates serve (top_k 40 and 20) and ones that need the whole vocabulary (top_k
+    # off, top_k above 40, a grammar), at once and then one after another in the same slots, so that the
+    # slots' top_k chains are detached and attached again between requests.
+    grammar = 'root ::= ("yes" | "no") "."'
+    mix = [GREEDY, *SEEDED, {"seed": 4, "temperature": 1.0, "top_k": 0},
+           {"seed": 6, "temperature": 1.0, "top_k": 100}, {"seed": 5, "temperature": 1.0, "grammar": grammar}]
+    host = generate(model, mix, backend=False)
+    assert generate(model, mix, backend=False, backend_top_k=40) == host
+    assert generate(model, mix, backend=False, backend_top_k=40, sequential=True) == host
+    assert host[-1] in ("yes.", "no.") and len(set(host)) == len(host)

@@ -18,6 +18,13 @@ every step's graph: measured on an H100 it lost to the host-side chains at every
 unless asked for (docs/performance.md). On the host, a slot keeps its chain for the next request with
 the same sampling options (reset in between, which samples exactly as a new chain would).
 
+Candidates from the backend (`backend_top_k`, LM_GPU_TOPK=K; an experiment, off by default): each slot
+keeps a chain of just top_k(K) attached, across requests, so llama.cpp re-plans its graph once per slot,
+not per request. The decode graph then hands back each sequence's K best logits instead of the whole
+vocabulary, and llama_sampler_sample runs the slot's CPU chain (top_k first, as always) on those K: the
+same tokens as from the full vocabulary, for K candidates' work. A request that needs the whole
+vocabulary (a grammar, top_k off or above K) detaches its slot's chain while it runs.
+
 Pipelining (several contexts, the GPU's choice for many slots): a llama_decode returns while the GPU
 still computes, so with the slots split over two llama.cpp contexts (each with its own KV cache and
 GPU stream) the engine samples one group's step on the CPU while the GPU computes the other's. Host
@@ -101,6 +108,8 @@ class _Slot:
         self.chain: SamplerChain | None = None  # kept after a request, for the next with equal options
         self.chain_key: tuple | None = None
         self.on_backend = False  # the chain is attached to the context: the decode samples for this slot
+        self.top_k_chain = None  # with backend_top_k: the top_k-only chain, attached while top_k_attached
+        self.top_k_attached = False
         self.stream: TextStream | None = None
         self.generated = 0
 
@@ -142,6 +151,7 @@ class Engine:
         *,
         mixed_prefill: bool = False,
         backend_sampling: bool = False,
+        backend_top_k: int = 0,
         on_fatal: Callable[[str], None] | None = None,
     ):
         self.model = model
@@ -155,6 +165,7 @@ class Engine:
         self.on_fatal = on_fatal
         self.mixed_prefill = mixed_prefill
         self.backend_sampling = backend_sampling
+        self.backend_top_k = 0 if backend_sampling else max(backend_top_k, 0)
         self._waiting: deque[Request] = deque()
         self._lock = threading.Condition()
         self._stop = False
@@ -199,6 +210,10 @@ class Engine:
         if not self.thread.is_alive():  # else the engine thread may still be using the chains
             for slot in self.slots:
                 self._drop_chain(slot)
+                self._attach_top_k(slot, False)
+                if slot.top_k_chain is not None:
+                    ll.llama_sampler_free(slot.top_k_chain)
+                    slot.top_k_chain = None
 
     @property
     def active(self) -> int:
@@ -325,6 +340,20 @@ class Engine:
         slot.chain_key = key
         if self.backend_sampling and not opts.grammar:  # grammars are CPU-only in llama.cpp
             slot.on_backend = bool(ll.llama_set_sampler(slot.group.ctx, slot.seq_id, slot.chain.ptr))
+        if self.backend_top_k:
+            self._attach_top_k(slot, not opts.grammar and 0 < opts.top_k <= self.backend_top_k)
+
+    def _attach_top_k(self, slot: _Slot, attach: bool) -> None:
+        """Attaches or detaches the slot's top_k-only backend chain (each change re-plans the graph)."""
+        if attach == slot.top_k_attached:
+            return
+        if attach and slot.top_k_chain is None:
+            params = ll.llama_sampler_chain_default_params()
+            params.no_perf = True
+            slot.top_k_chain = ll.llama_sampler_chain_init(params)
+            ll.llama_sampler_chain_add(slot.top_k_chain, ll.llama_sampler_init_top_k(self.backend_top_k))
+        chain = slot.top_k_chain if attach else None
+        slot.top_k_attached = bool(ll.llama_set_sampler(slot.group.ctx, slot.seq_id, chain)) and attach
 
     def _drop_chain(self, slot: _Slot) -> None:
         if slot.on_backend:
@@ -496,7 +525,7 @@ class Engine:
         if (len(outputs) < 2 * self._min_per_worker or self._pool is None
                 or all(slot.on_backend for slot, _ in outputs)):  # backend-sampled: a read and an accept
             return [slot.chain.sample(ctx, idx) for slot, idx in outputs]
-        if self.backend_sampling:
+        if self.backend_sampling or self.backend_top_k:
             ll.llama_get_sampled_token_ith(ctx, outputs[0][1])  # the same sync, whatever the first output
         else:
             ll.llama_get_logits_ith(ctx, outputs[0][1])
