@@ -160,10 +160,11 @@ class Scheduler:
             args += ["--batch", str(int(batch))]
         if placement.gpu_layers > 0:
             args.append("--mixed-prefill")  # GPU: throughput over bit-exact batch invariance
-            if self.settings.gpu_sampling and placement.gpu_layers > placement.n_layers:
-                args.append("--backend-sampling")  # the output layer is on the GPU: sample there too
-            elif self.settings.gpu_top_k > 0 and placement.gpu_layers > placement.n_layers:
-                args += ["--backend-top-k", str(self.settings.gpu_top_k)]
+            if placement.gpu_layers > placement.n_layers:  # the output layer is on the GPU: sample there too
+                if self.settings.gpu_sampling:
+                    args.append("--backend-sampling")
+                elif self.settings.gpu_top_k > 0:
+                    args += ["--backend-top-k", str(self.settings.gpu_top_k)]
         pipeline = self.settings.pipeline
         if pipeline is None:
             pipeline = placement.gpu_layers > 0

@@ -68,7 +68,7 @@ async def generate(session: aiohttp.ClientSession, url: str, model: str, prompt:
         problems.append("no done")
         final = {}
     n, reason = final.get("eval_count", 0), final.get("done_reason")
-    if n > tokens or (reason == "length" and n != tokens) or (reason != "stop" and n < tokens):
+    if n > tokens or (reason != "stop" and n < tokens):
         problems.append(f"{n} tokens, done_reason {reason}, num_predict {tokens}")
     return {"text": "".join(text), "eval_count": n, "done_reason": reason, "problems": problems}
 
