@@ -44,13 +44,26 @@ if [ -z "$build" ]; then
   elif command -v nvcc >/dev/null && command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then build=cuda
   else build=cpu; fi
 fi
-have_llama=$("$venv/bin/python" -c "import llama_cpp; print(llama_cpp.__version__)" 2>/dev/null || true)
-if [ "$have_llama" != "$llama_version" ]; then
+# The CPU build leaves out llama.cpp's AMX kernels: on AMX hosts (Sapphire Rapids and later) they
+# crash in ggml_backend_amx_mul_mat on the first prompt, on some machines (llama.cpp issue #20824,
+# unfixed upstream); the AVX-512 kernels serve those CPUs instead. The flags only mean something on x86.
+no_amx=""
+if [ "$build" = cpu ] && [ "$(uname -m)" = x86_64 ]; then no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"; fi
+installed_llama() {  # "<version> amx" when the installed build carries AMX kernels
+  "$venv/bin/python" -c "import llama_cpp as l; print(l.__version__, 'amx' if b'AMX_INT8 = 1' in l.llama_print_system_info() else '')" 2>/dev/null || true
+}
+want_llama="$llama_version "; [ -n "$no_amx" ] || want_llama="$(installed_llama)"
+have_llama=$(installed_llama)
+if [ "${have_llama%% *}" != "$llama_version" ] || [ "$have_llama" != "$want_llama" ]; then
   echo ">>> installing llama-cpp-python $llama_version ($build build; compiling takes a few minutes the first time)"
   case "$build" in
     cuda)  CMAKE_ARGS="-DGGML_CUDA=on" "${pip[@]}" --no-cache-dir "llama-cpp-python==$llama_version" ;;
     metal) CMAKE_ARGS="-DGGML_METAL=on" "${pip[@]}" "llama-cpp-python==$llama_version" ;;
-    cpu)   "${pip[@]}" "llama-cpp-python==$llama_version" ;;
+    cpu)   CFLAGS="${CFLAGS:-} $no_amx" CXXFLAGS="${CXXFLAGS:-} $no_amx" "${pip[@]}" "llama-cpp-python==$llama_version"
+           # a build from before this rule (installed, or in pip's wheel cache): build afresh
+           if [ "$(installed_llama)" != "$want_llama" ]; then
+             CFLAGS="${CFLAGS:-} $no_amx" CXXFLAGS="${CXXFLAGS:-} $no_amx" "${pip[@]}" --force-reinstall --no-deps --no-cache-dir "llama-cpp-python==$llama_version"
+           fi ;;
     *) echo "install.sh: LM_BUILD must be cpu, cuda or metal" >&2; exit 2 ;;
   esac
 fi
