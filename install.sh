@@ -59,10 +59,11 @@ if [ "${have_llama%% *}" != "$llama_version" ] || [ "$have_llama" != "$want_llam
   case "$build" in
     cuda)  CMAKE_ARGS="-DGGML_CUDA=on" "${pip[@]}" --no-cache-dir "llama-cpp-python==$llama_version" ;;
     metal) CMAKE_ARGS="-DGGML_METAL=on" "${pip[@]}" "llama-cpp-python==$llama_version" ;;
-    cpu)   CFLAGS="${CFLAGS:-} $no_amx" CXXFLAGS="${CXXFLAGS:-} $no_amx" "${pip[@]}" "llama-cpp-python==$llama_version"
+    cpu)   cpu_env=(env CFLAGS="${CFLAGS:-} $no_amx" CXXFLAGS="${CXXFLAGS:-} $no_amx")
+           "${cpu_env[@]}" "${pip[@]}" "llama-cpp-python==$llama_version"
            # a build from before this rule (installed, or in pip's wheel cache): build afresh
            if [ "$(installed_llama)" != "$want_llama" ]; then
-             CFLAGS="${CFLAGS:-} $no_amx" CXXFLAGS="${CXXFLAGS:-} $no_amx" "${pip[@]}" --force-reinstall --no-deps --no-cache-dir "llama-cpp-python==$llama_version"
+             "${cpu_env[@]}" "${pip[@]}" --force-reinstall --no-deps --no-cache-dir "llama-cpp-python==$llama_version"
            fi ;;
     *) echo "install.sh: LM_BUILD must be cpu, cuda or metal" >&2; exit 2 ;;
   esac
