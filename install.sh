@@ -49,20 +49,20 @@ fi
 # unfixed upstream); the AVX-512 kernels serve those CPUs instead. The flags only mean something on x86.
 no_amx=""
 if [ "$build" = cpu ] && [ "$(uname -m)" = x86_64 ]; then no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"; fi
-installed_llama() {  # "<version> amx" when the installed build carries AMX kernels
-  "$venv/bin/python" -c "import llama_cpp as l; print(l.__version__, 'amx' if b'AMX_INT8 = 1' in l.llama_print_system_info() else '')" 2>/dev/null || true
+llama_wanted() {  # true when llama-cpp-python is to be installed: not our version, or AMX kernels where
+  # this build leaves them out (an install from before that rule, or a wheel from pip's cache)
+  local have
+  have=$("$venv/bin/python" -c "import llama_cpp as l; print(l.__version__ + (' amx' if b'AMX_INT8 = 1' in l.llama_print_system_info() else ''))" 2>/dev/null || true)
+  [ "${have% amx}" != "$llama_version" ] || { [ -n "$no_amx" ] && [ "$have" != "${have% amx}" ]; }
 }
-want_llama="$llama_version "; [ -n "$no_amx" ] || want_llama="$(installed_llama)"
-have_llama=$(installed_llama)
-if [ "${have_llama%% *}" != "$llama_version" ] || [ "$have_llama" != "$want_llama" ]; then
+if llama_wanted; then
   echo ">>> installing llama-cpp-python $llama_version ($build build; compiling takes a few minutes the first time)"
   case "$build" in
     cuda)  CMAKE_ARGS="-DGGML_CUDA=on" "${pip[@]}" --no-cache-dir "llama-cpp-python==$llama_version" ;;
     metal) CMAKE_ARGS="-DGGML_METAL=on" "${pip[@]}" "llama-cpp-python==$llama_version" ;;
     cpu)   cpu_env=(env CFLAGS="${CFLAGS:-} $no_amx" CXXFLAGS="${CXXFLAGS:-} $no_amx")
            "${cpu_env[@]}" "${pip[@]}" "llama-cpp-python==$llama_version"
-           # a build from before this rule (installed, or in pip's wheel cache): build afresh
-           if [ "$(installed_llama)" != "$want_llama" ]; then
+           if llama_wanted; then  # pip kept or reused a build with AMX: build afresh
              "${cpu_env[@]}" "${pip[@]}" --force-reinstall --no-deps --no-cache-dir "llama-cpp-python==$llama_version"
            fi ;;
     *) echo "install.sh: LM_BUILD must be cpu, cuda or metal" >&2; exit 2 ;;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # This machine's CPU: lm beside llama-server (same GGUF, same llama.cpp source, 4 slots each), one run.
-# Build the peer from llama-cpp-python's vendored llama.cpp first (staged by ../shared/tools/device-prep.sh):
-#   cmake -S .device/llama.cpp -B /tmp/lbcpu -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DCMAKE_BUILD_TYPE=Release \
+# Build the peer from llama-cpp-python's vendored llama.cpp first (staged by ../shared/tools/device-prep.sh),
+# without AMX kernels as install.sh builds lm's (on x86):
+#   CFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" CXXFLAGS="$CFLAGS" cmake -S .device/llama.cpp -B /tmp/lbcpu -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DCMAKE_BUILD_TYPE=Release \
 #     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF && cmake --build /tmp/lbcpu -j2 --target llama-server llama-bench
 #   MODEL=gemma3|smollm2  CLIENTS=1,4  TOKENS=64  PROMPT=64 (tokens)  REQS=4
 set -uo pipefail
