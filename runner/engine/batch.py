@@ -47,6 +47,7 @@ from typing import Callable
 import llama_cpp as ll
 
 from .batch_buffer import BatchBuffer
+from .logprobs import token_logprob
 from .model import LoadedModel
 from .prompt_blocks import best_block
 from .sampling import SamplerChain, SamplingOptions
@@ -71,6 +72,7 @@ class Event:
     done: bool = False
     done_reason: str | None = None
     error: str | None = None
+    logprobs: list[dict] | None = None  # the entries of the tokens this event's text came from (if asked)
 
 
 @dataclass
@@ -338,10 +340,10 @@ class Engine:
         self._drop_chain(slot)
         slot.chain = SamplerChain(opts, self.model.vocab, self.model.n_vocab)
         slot.chain_key = key
-        if self.backend_sampling and not opts.grammar:  # grammars are CPU-only in llama.cpp
+        if self.backend_sampling and not opts.needs_host_logits:
             slot.on_backend = bool(ll.llama_set_sampler(slot.group.ctx, slot.seq_id, slot.chain.ptr))
         if self.backend_top_k:
-            self._attach_top_k(slot, not opts.grammar and 0 < opts.top_k <= self.backend_top_k)
+            self._attach_top_k(slot, not opts.needs_host_logits and 0 < opts.top_k <= self.backend_top_k)
 
     def _attach_top_k(self, slot: _Slot, attach: bool) -> None:
         """Attaches or detaches the slot's top_k-only backend chain (each change re-plans the graph)."""
@@ -508,8 +510,8 @@ class Engine:
         if prof:
             prof.mark("sample")
         now = time.perf_counter()
-        for (slot, _), token in zip(outputs, tokens):
-            self._take_token(slot, token, now, events)
+        for (slot, idx), token in zip(outputs, tokens):
+            self._take_token(slot, token, now, events, group.ctx, idx)
         if prof:
             prof.mark("tokens")
 
@@ -537,7 +539,8 @@ class Engine:
             tokens[i::n] = group_tokens
         return tokens
 
-    def _take_token(self, slot: _Slot, token: int, now: float, events: list[Event]) -> None:
+    def _take_token(self, slot: _Slot, token: int, now: float, events: list[Event], ctx, index: int) -> None:
+        """Hands on the token sampled from output `index` of the context's last step."""
         req = slot.req
         if slot.generated == 0:
             req.t_first_token = now
@@ -551,25 +554,35 @@ class Engine:
         req.eval_count = slot.generated
         req.context.append(token)
         slot.last_token = token
-        piece = self._pieces.get(token)
-        if piece is None:
-            piece = self._pieces[token] = self.model.piece(token)
+        piece = self._piece(token)
         text = slot.stream.push(piece)
+        # A token's logprob goes out with the event of its step even when its text is held back (an
+        # unfinished character or stop string), so there is one entry per generated token.
+        lp = None
+        if req.options.logprobs:
+            lp = [token_logprob(ll.llama_get_logits_ith(ctx, index), self.model.n_vocab, token,
+                                req.options.top_logprobs, self._piece)]
         if slot.stream.stopped:
-            events.append(Event(req, text=text))
+            events.append(Event(req, text=text, logprobs=lp))
             self._finish(slot, "stop", events, now)
             return
         limit = req.options.num_predict
         if limit >= 0 and slot.generated >= limit:
-            events.append(Event(req, text=text))
+            events.append(Event(req, text=text, logprobs=lp))
             self._finish(slot, "length", events, now)
             return
         if not self.can_shift and len(slot.cached) + 1 >= self.n_ctx:
-            events.append(Event(req, text=text))
+            events.append(Event(req, text=text, logprobs=lp))
             self._finish(slot, "length", events, now)
             return
-        if text:
-            events.append(Event(req, text=text))
+        if text or lp:
+            events.append(Event(req, text=text, logprobs=lp))
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self.model.piece(token)
+        return piece
 
     def _finish(self, slot: _Slot, reason: str, events: list[Event], now: float) -> None:
         req = slot.req

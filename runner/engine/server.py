@@ -3,7 +3,8 @@
 Routes (internal, not a public API):
   GET  /health      -> {"status": "ok", "slots", "active", "n_ctx", "gpu_layers", ...}
   POST /tokenize    {"content"} -> {"tokens"}
-  POST /completion  {"prompt": str, "options": {...}} -> NDJSON: {"content"} lines, then a final
+  POST /completion  {"prompt": str, "options": {...}} -> NDJSON: {"content"} lines (with "logprobs" when the
+                    options ask for them), then a final
                     {"done": true, "done_reason", counts and durations (ns), "context"} or {"error"}
   POST /embed       {"input": [str], "truncate": bool} -> {"dims", "vectors": base64 of float32 rows
                     (raw, not normalised), "counts": tokens per input, "prompt_eval_duration"};
@@ -142,7 +143,9 @@ class RunnerServer:
                     if ev.error:
                         lines.append(orjson.dumps({"error": ev.error}) + b"\n")
                     else:
-                        if ev.text:
+                        if ev.logprobs:
+                            lines.append(orjson.dumps({"content": ev.text, "logprobs": ev.logprobs}) + b"\n")
+                        elif ev.text:
                             lines.append(_content_line(ev.text))
                         if ev.done:
                             lines.append(orjson.dumps(self._final(req, ev)) + b"\n")

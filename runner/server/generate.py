@@ -153,6 +153,20 @@ class Prepared:
     load_only: dict | None = None  # the whole answer when the request only loads or unloads
     think: bool | str | None = None  # the request's think after Ollama's defaulting (see _think)
     tools: list | None = None
+    logprobs: bool = False  # Ollama's `logprobs` and `top_logprobs` (see _logprobs)
+    top_logprobs: int = 0
+
+
+MAX_TOP_LOGPROBS = 20  # Ollama's bound (server/routes.go)
+
+
+def _logprobs(body: dict) -> dict:
+    """Ollama's `logprobs` / `top_logprobs` request fields, checked as its routes check them."""
+    logprobs = field(body, "logprobs", bool, False)
+    top = field(body, "top_logprobs", int, 0)
+    if not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise bad_request(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
+    return {"logprobs": logprobs, "top_logprobs": top if logprobs else 0}
 
 
 def _think(body: dict, cfg: ModelConfig) -> bool | str | None:
@@ -171,6 +185,7 @@ def _think(body: dict, cfg: ModelConfig) -> bool | str | None:
 
 
 async def prepare_generate(request: web.Request, body: dict) -> Prepared:
+    logprobs = _logprobs(body)
     cfg = await _resolve(request, body)
     if "completion" not in cfg.capabilities:
         raise bad_request(f"\"{cfg.display}\" does not support generate")
@@ -193,7 +208,7 @@ async def prepare_generate(request: web.Request, body: dict) -> Prepared:
         raise bad_request(str(exc)) from None
     if context and not all(isinstance(t, int) and not isinstance(t, bool) for t in context):
         raise bad_request("context must be a list of token ids")
-    return Prepared(request, body, cfg, text, False, context=context, think=think)
+    return Prepared(request, body, cfg, text, False, context=context, think=think, **logprobs)
 
 
 def _check_messages(messages: list) -> list[dict]:
@@ -206,6 +221,7 @@ def _check_messages(messages: list) -> list[dict]:
 
 
 async def prepare_chat(request: web.Request, body: dict) -> Prepared:
+    logprobs = _logprobs(body)
     cfg = await _resolve(request, body)
     if "completion" not in cfg.capabilities:
         raise bad_request(f"\"{cfg.display}\" does not support chat")
@@ -220,7 +236,7 @@ async def prepare_chat(request: web.Request, body: dict) -> Prepared:
         text = chat_prompt(cfg, messages, tools=tools, think=think)
     except PromptError as exc:
         raise bad_request(str(exc)) from None
-    return Prepared(request, body, cfg, text, True, think=think, tools=tools)
+    return Prepared(request, body, cfg, text, True, think=think, tools=tools, **logprobs)
 
 
 async def chunks(prep: Prepared) -> AsyncIterator[dict]:
@@ -244,6 +260,8 @@ async def chunk_batches(prep: Prepared) -> AsyncIterator[list[dict]]:
     grammar = grammar_for_format(body.get("format"))
     if grammar:
         options["grammar"] = grammar
+    if prep.logprobs:
+        options.update(logprobs=True, top_logprobs=prep.top_logprobs)
     model = body.get("model")
     # Thinking and tool calls are split out of the text here, so every API built on `chunks` gets them.
     # Generate parses with the model's template even when the request brings its own, as Ollama does.
@@ -291,11 +309,16 @@ async def chunk_batches(prep: Prepared) -> AsyncIterator[list[dict]]:
                             final = obj
                             continue
                         first_token_at = first_token_at or time.perf_counter()
+                        # Logprobs go out as they come, even while the parser holds their text back
+                        # (as Ollama's routes do), so that none is lost.
+                        logprobs = obj.get("logprobs")
                         if plain:
-                            if text := obj["content"]:
+                            if (text := obj["content"]) or logprobs:
                                 out.append(content_chunk(text, created_at))
-                        elif delta := parser.feed(obj["content"]):  # empty while the parser holds text back
+                        elif (delta := parser.feed(obj["content"])) or logprobs:  # empty while held back
                             out.append(chunk(delta, created_at))
+                        if logprobs:
+                            out[-1]["logprobs"] = logprobs
                     if out:
                         started = True
                         yield out
@@ -361,6 +384,7 @@ async def respond(prep: Prepared) -> web.StreamResponse:
     pieces: list[str] = []
     thinking: list[str] = []
     tool_calls: list[dict] = []
+    logprobs: list[dict] = []
     last: dict = {}
     async with aclosing(chunks(prep)) as stream:
         async for obj in stream:
@@ -370,6 +394,7 @@ async def respond(prep: Prepared) -> web.StreamResponse:
             pieces.append(out[key])
             thinking.append(out.get("thinking", ""))
             tool_calls.extend(out.get("tool_calls", []))
+            logprobs.extend(obj.get("logprobs", []))
             last = obj
     out = last["message"] if prep.chat else last
     out[key] = "".join(pieces)
@@ -377,6 +402,8 @@ async def respond(prep: Prepared) -> web.StreamResponse:
         out["thinking"] = "".join(thinking)
     if tool_calls:
         out["tool_calls"] = tool_calls
+    if logprobs:
+        last["logprobs"] = logprobs
     return web.Response(body=dumps(last), content_type="application/json")
 
 

@@ -132,6 +132,20 @@ def _messages(raw) -> list[dict]:
     return out
 
 
+def _logprob_fields(body: dict) -> dict:
+    """OpenAI's logprobs request fields as the native ones: chat's `logprobs` (bool) with `top_logprobs`,
+    completions' `logprobs` (an int: how many alternatives, 0 for the sampled token's alone)."""
+    value = body.get("logprobs")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return {"logprobs": True, "top_logprobs": value}
+    return {k: body[k] for k in ("logprobs", "top_logprobs") if body.get(k) is not None}
+
+
+def _choice_logprobs(entries: list[dict] | None) -> dict | None:
+    """A choice's `logprobs` in the shape Ollama's /v1 gives for chat and completions alike."""
+    return {"content": entries} if entries else None
+
+
 def _tool_calls(calls: list[dict], start: int = 0) -> list[dict]:
     return [{"index": start + i, "id": f"call_{secrets.token_hex(8)}", "type": "function",
              "function": {"name": c["function"]["name"],
@@ -173,7 +187,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body, model = await read_request(request)
     with translating("chat completion"):
         native = {"model": model, "messages": _messages(body.get("messages")), "options": _options(body),
-                  "stream": True}
+                  "stream": True, **_logprob_fields(body)}
         if (fmt := _format(body)) is not None:
             native["format"] = fmt
         tools = body.get("tools")
@@ -184,7 +198,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     cid, created = f"chatcmpl-{secrets.token_hex(6)}", int(time.time())
     base = {"id": cid, "created": created, "model": model, "system_fingerprint": "fp_lm"}
     stream = bool(body.get("stream"))
-    content, calls, final = [], [], {}
+    content, calls, logprobs, final = [], [], [], {}
     sse = _SSE(request) if stream else None
     first = True
     async with aclosing(chunks(prep)) as pieces:
@@ -199,16 +213,19 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             new_calls = msg.get("tool_calls") or []
             if obj.get("done"):
                 final = obj
-            if sse and (msg.get("content") or new_calls or first):
+            if sse and (msg.get("content") or new_calls or obj.get("logprobs") or first):
                 delta = {"role": "assistant", "content": msg.get("content", "")} if first else \
                     {"content": msg.get("content", "")}
                 if new_calls:
                     delta["tool_calls"] = _tool_calls(new_calls, len(calls))
-                await sse.send({**base, "object": "chat.completion.chunk",
-                                "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+                choice = {"index": 0, "delta": delta, "finish_reason": None}
+                if obj.get("logprobs"):
+                    choice["logprobs"] = _choice_logprobs(obj["logprobs"])
+                await sse.send({**base, "object": "chat.completion.chunk", "choices": [choice]})
                 first = False
             content.append(msg.get("content", ""))
             calls += new_calls
+            logprobs += obj.get("logprobs") or []
     reason = _finish_reason(final, bool(calls))
     if sse:
         await sse.send({**base, "object": "chat.completion.chunk",
@@ -221,7 +238,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         message["tool_calls"] = _tool_calls(calls)
     return web.json_response({**base, "object": "chat.completion", "usage": _usage(final),
                               "choices": [{"index": 0, "message": message, "finish_reason": reason,
-                                           "logprobs": None}]})
+                                           "logprobs": _choice_logprobs(logprobs)}]})
 
 
 @openai_errors
@@ -235,7 +252,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
     if body.get("echo"):
         raise _bad("echo is not supported", "echo")
     with translating("completion"):
-        native = {"model": model, "prompt": prompt, "options": _options(body), "stream": True}
+        native = {"model": model, "prompt": prompt, "options": _options(body), "stream": True,
+                  **_logprob_fields(body)}
         if isinstance(body.get("suffix"), str):
             native["suffix"] = body["suffix"]
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -243,7 +261,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     base = {"id": f"cmpl-{secrets.token_hex(6)}", "object": "text_completion", "created": int(time.time()),
             "model": model, "system_fingerprint": "fp_lm"}
     sse = _SSE(request) if body.get("stream") else None
-    text, final = [], {}
+    text, logprobs, final = [], [], {}
     if prep.load_only is not None:
         final = prep.load_only
     else:
@@ -253,10 +271,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
                     raise ApiError(500, obj["error"])
                 if obj.get("done"):
                     final = obj
-                if sse and obj.get("response"):
-                    await sse.send({**base, "choices": [{"text": obj["response"], "index": 0,
-                                                         "finish_reason": None, "logprobs": None}]})
+                if sse and (obj.get("response") or obj.get("logprobs")):
+                    await sse.send({**base, "choices": [{"text": obj["response"], "index": 0, "finish_reason": None,
+                                                         "logprobs": _choice_logprobs(obj.get("logprobs"))}]})
                 text.append(obj.get("response", ""))
+                logprobs += obj.get("logprobs") or []
     reason = _finish_reason(final, False)
     if sse:
         await sse.send({**base, "choices": [{"text": "", "index": 0, "finish_reason": reason, "logprobs": None}]})
@@ -265,7 +284,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         return await sse.done()
     return web.json_response({**base, "usage": _usage(final),
                               "choices": [{"text": "".join(text), "index": 0, "finish_reason": reason,
-                                           "logprobs": None}]})
+                                           "logprobs": _choice_logprobs(logprobs)}]})
 
 
 def _embedding_inputs(value) -> list:

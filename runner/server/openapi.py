@@ -87,6 +87,11 @@ def _schemas(s: Settings) -> dict:
     fmt = {"description": '"json", or a JSON schema the answer must follow',
            "oneOf": [{"type": "string", "enum": ["json"]}, {"type": "object"}]}
     think = {"oneOf": [{"type": "boolean"}, {"type": "string", "enum": ["high", "medium", "low", "max"]}]}
+    logprobs = {"logprobs": {"type": "boolean"}, "top_logprobs": {"type": "integer", "minimum": 0, "maximum": 20}}
+    token_logprob = {"token": {"type": "string"}, "logprob": {"type": "number"},
+                     "bytes": {"type": "array", "items": {"type": "integer"}}}
+    logprob_list = {"type": "array", "items": _obj({**token_logprob, "top_logprobs": {
+        "type": "array", "items": _obj(token_logprob)}})}
     tool_call = _obj({"function": _obj({"name": {"type": "string"}, "arguments": {"type": "object"}}, ("name",))})
     tool = _obj({"type": {"type": "string", "enum": ["function"]},
                  "function": _obj({"name": {"type": "string", "minLength": 1}, "description": {"type": "string"},
@@ -129,17 +134,20 @@ def _schemas(s: Settings) -> dict:
             "raw": {"type": "boolean"}, "format": fmt,
             "images": {"type": "array", "items": {"type": "string", "format": "byte"}},
             "think": think, "options": _ref("Options"), "keep_alive": DURATION, "stream": {"type": "boolean"},
+            **logprobs,
         }, ("model",)),
         "GenerateResponse": _obj({**stats, "response": {"type": "string"}, "thinking": {"type": "string"},
-                                  "context": {"type": "array", "items": {"type": "integer"}}}),
+                                  "context": {"type": "array", "items": {"type": "integer"}},
+                                  "logprobs": logprob_list}),
         "Message": message,
         "Tool": tool,
         "ChatRequest": _obj({
             "model": MODEL, "messages": {"type": "array", "items": _ref("Message"), "maxItems": s.max_messages},
             "tools": {"type": "array", "items": _ref("Tool")}, "format": fmt, "think": think,
             "options": _ref("Options"), "keep_alive": DURATION, "stream": {"type": "boolean"},
+            **logprobs,
         }, ("model",)),
-        "ChatResponse": _obj({**stats, "message": _ref("Message")}),
+        "ChatResponse": _obj({**stats, "message": _ref("Message"), "logprobs": logprob_list}),
         "EmbedRequest": _obj({
             "model": MODEL,
             "input": {"oneOf": [{"type": "string"},
@@ -191,8 +199,10 @@ def _schemas(s: Settings) -> dict:
                                     ("type",)),
             "tools": {"type": "array", "items": _ref("Tool")},
             "tool_choice": {"oneOf": [{"type": "string", "enum": ["none", "auto", "required"]}, {"type": "object"}]},
+            **logprobs,
         }, ("model", "messages")),
-        "OpenAICompletionRequest": _obj({**openai_common, "prompt": {"type": "string"}, "suffix": {"type": "string"}},
+        "OpenAICompletionRequest": _obj({**openai_common, "prompt": {"type": "string"}, "suffix": {"type": "string"},
+                                         "logprobs": {"type": "integer", "minimum": 0, "maximum": 20}},
                                         ("model", "prompt")),
         "OpenAIEmbeddingRequest": _obj({
             "model": MODEL, "encoding_format": {"type": "string", "enum": ["float", "base64"]},
