@@ -80,6 +80,8 @@ async def embed_texts(request: web.Request, cfg: ModelConfig, inputs: list[str],
                       options: dict | None = None, keep_alive: float | None = None) -> EmbedResult:
     """Raw embeddings of `inputs` on `cfg`'s runner (loaded as needed); ApiError on failure."""
     t0 = time.perf_counter()
+    if "rerank" in cfg.capabilities:  # a cross-encoder scores pairs (/api/rerank); it has no embeddings
+        raise bad_request(f'"{cfg.display}" does not support embeddings')
     async with Inference(request, cfg, options if options is not None else dict(cfg.parameters), keep_alive) as inf:
         loaded = time.perf_counter()
         if not inputs:
