@@ -16,6 +16,8 @@ import urllib.request
 import numpy as np
 import pytest
 from gguf import GGUFReader
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from registry.convert import ConvertError, convert_directory
 from tests.cross_encoder_factory import POSITIONS, CrossEncoder, write_cross_encoder
@@ -153,7 +155,8 @@ def test_long_document_is_truncated(daemon, reranker, reference):
     ({"query": "q", "documents": ["a"], "top_n": 0}, "top_n must be a positive integer"),
     ({"query": "q", "documents": ["a"], "top_n": "2"}, "invalid value for top_n: expected int"),
     ({"query": "q", "documents": ["a"], "top_n": True}, "invalid value for top_n: expected int"),
-    ({"query": "q", "documents": ["a"], "return_documents": "yes"}, "invalid value for return_documents: expected bool"),
+    ({"query": "q", "documents": ["a"], "return_documents": "yes"},
+     "invalid value for return_documents: expected bool"),
     ({"query": "\ud800", "documents": ["a"]}, "query is not valid UTF-8 text"),
     ({"query": "q", "documents": ["fine", "x\udfff"]}, "documents[1] is not valid UTF-8 text"),
 ])
@@ -178,8 +181,11 @@ def test_model_errors(daemon, reranker, tiny):
     # a generative model is no reranker, and a reranker has no embeddings: refused before loading
     out = rerank(daemon, {"model": tiny, "query": "q", "documents": ["a"]}, status=400)
     assert out == {"error": f'"{tiny}:latest" does not support rerank'}
-    status, out = daemon.post("/api/embed", {"model": reranker, "input": "a"})
-    assert status == 400 and out == {"error": f'"{reranker}:latest" does not support embeddings'}
+    for path, body in (("/api/embed", {"input": "a"}), ("/api/embeddings", {"prompt": "a"})):
+        status, out = daemon.post(path, {"model": reranker, **body})
+        assert status == 400 and out == {"error": f'"{reranker}:latest" does not support embeddings'}, path
+    status, out = daemon.post("/v1/embeddings", {"model": reranker, "input": "a"})
+    assert status == 400 and out["error"]["message"] == f'"{reranker}:latest" does not support embeddings'
     status, out = daemon.post("/api/generate", {"model": reranker, "prompt": "a"})
     assert status == 400 and "does not support generate" in out["error"]
 
@@ -192,3 +198,27 @@ def test_openapi_lists_the_routes(daemon):
         assert op["requestBody"]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/RerankRequest"}
     assert spec["components"]["schemas"]["RerankRequest"]["required"] == ["model", "query", "documents"]
+
+
+# -- arbitrary requests: never a 5xx, and a 200 is always a well-formed ranking --------------------------------
+@settings(max_examples=40, deadline=None, database=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
+@given(query=st.text(max_size=300), documents=st.lists(st.text(max_size=400), max_size=12),
+       top_n=st.one_of(st.none(), st.integers(-2, 20)), truncate=st.one_of(st.none(), st.booleans()))
+def test_arbitrary_requests(daemon, reranker, query, documents, top_n, truncate):
+    body = {"model": reranker, "query": query, "documents": documents}
+    if top_n is not None:
+        body["top_n"] = top_n
+    if truncate is not None:
+        body["truncate"] = truncate
+    status, out = daemon.post("/api/rerank", body, timeout=30)
+    assert status in (200, 400), (status, out)
+    if status == 400:
+        assert isinstance(out["error"], str) and out["error"]
+        return
+    results = out["results"]
+    assert len(results) == min(top_n or len(documents), len(documents))
+    scores = [r["relevance_score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+    assert len({r["index"] for r in results}) == len(results) and all(0 <= r["index"] < len(documents)
+                                                                     for r in results)
