@@ -241,6 +241,8 @@ class RunnerServer:
             tokens = await asyncio.to_thread(work) if big else work()  # a big request off the event loop
         except InputTooLong as exc:
             return web.json_response({"error": str(exc)}, status=400)
+        if any(not t for t in tokens):  # a model with no special tokens, and texts of no tokens
+            return web.json_response({"error": "Input content cannot be empty"}, status=400)
         job = await self._run(embedder, tokens)
         if job.error:
             return web.json_response({"error": job.error}, status=500)
