@@ -21,6 +21,7 @@ def _gguf_info(path: Path) -> GGUFInfo:
 
 
 ENCODER_ARCHITECTURES = ("bert", "nomic-bert", "jina-bert-v2")
+RANK_POOLING = 4  # <arch>.pooling_type of a reranker (LLAMA_POOLING_TYPE_RANK)
 
 
 class ModelNotFound(LookupError):
@@ -66,8 +67,10 @@ class ModelConfig:
     @property
     def capabilities(self) -> list[str]:
         caps = []
-        pooling_only = self.gguf.model_info.get(f"{self.gguf.architecture}.pooling_type") not in (None, 0)
-        if self.is_encoder or pooling_only:
+        pooling = self.gguf.model_info.get(f"{self.gguf.architecture}.pooling_type")
+        if pooling == RANK_POOLING:
+            caps.append("rerank")  # a cross-encoder scores (query, document) pairs; it has no embeddings
+        elif self.is_encoder or pooling not in (None, 0):
             caps.append("embedding")
         else:
             caps.append("completion")

@@ -170,8 +170,8 @@ class Scheduler:
             pipeline = placement.gpu_layers > 0
         if pipeline and placement.parallel >= 4 and placement.parallel % 2 == 0:
             args += ["--contexts", "2"]  # sample one half of the slots while the GPU runs the other
-        if "embedding" in config.capabilities:
-            args.append("--embedding")  # an embedding model (BERT and kin): no generation context
+        if {"embedding", "rerank"} & set(config.capabilities):
+            args.append("--embedding")  # an embedding model or reranker (BERT and kin): no generation context
         for adapter in config.adapters:  # LoRA layers, applied in manifest order
             args += ["--adapter", str(adapter)]
         proc = RunnerProcess(config.model_path, args, debug=self.settings.debug)

@@ -7,7 +7,14 @@ What llama.cpp needs beyond the weights:
   piece carries a leading U+2581 ("phantom space"), a continuation piece ("##ing") loses its "##",
   bracketed special tokens stay as they are;
 - the special ids: [CLS] as BOS and [SEP] as EOS (both added around every input), [UNK], [PAD],
-  [MASK], and the number of token types (segment embeddings).
+  [MASK], and the number of token types (segment embeddings); no second separator between the two
+  texts of a pair (`add_sep_token` false), so that a rerank pair is [CLS] query [SEP] document [SEP]
+  as BERT's tokenizer makes it.
+
+A cross-encoder (BertForSequenceClassification with one label, e.g. cross-encoder/ms-marco-MiniLM)
+keeps its head and declares rank pooling, as llama.cpp's rerankers do: the pooler
+(`bert.pooler.dense`) becomes `cls.weight`/`cls.bias` and the classifier `cls.output.weight`/`.bias`,
+so llama.cpp's graph computes classifier(tanh(pooler(h[CLS]))), the relevance score of the pair.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ from .base import (
 )
 from .gguf_writer import F32, T_INT32, T_STRING, GGUFFile, TensorType
 
-POOLING_NONE, POOLING_MEAN, POOLING_CLS, POOLING_LAST = 0, 1, 2, 3
+POOLING_NONE, POOLING_MEAN, POOLING_CLS, POOLING_LAST, POOLING_RANK = 0, 1, 2, 3, 4
+CROSS_ENCODER = "BertForSequenceClassification"
 
 _BLOCK = re.compile(r"encoder\.layer\.(\d+)\.(.+)")
 _BLOCK_TENSORS = {
@@ -40,21 +48,31 @@ _TOP_TENSORS = {
 }
 _SUFFIXES = {"weight": "weight", "bias": "bias", "gamma": "weight", "beta": "bias"}  # old TF-style names
 _DROPPED = ("embeddings.position_ids", "pooler.", "cls.")
+# A cross-encoder's head, in llama.cpp's names (read by build_pooling for LLAMA_POOLING_TYPE_RANK)
+_HEAD_TENSORS = {"pooler.dense": "cls", "classifier": "cls.output"}
 _SPECIALS = {"cls": "[CLS]", "sep": "[SEP]", "unk": "[UNK]", "pad": "[PAD]", "mask": "[MASK]"}
 
 
 class BertConverter(Converter):
-    architectures = ("BertModel", "BertForMaskedLM", "BertForPreTraining")
+    architectures = ("BertModel", "BertForMaskedLM", "BertForPreTraining", CROSS_ENCODER)
     gguf_arch = "bert"
+
+    @property
+    def reranker(self) -> bool:
+        """A cross-encoder: its pooler and classifier are kept, and it scores pairs (rank pooling)."""
+        archs = self.config.get("architectures")
+        return isinstance(archs, list) and CROSS_ENCODER in archs
 
     # -- tensors --------------------------------------------------------------------------------
     def tensor_name(self, name: str) -> str | None:
         for prefix in ("bert.", "model."):
             if name.startswith(prefix):
                 name = name[len(prefix):]
+        base, _, suffix = name.rpartition(".")
+        if self.reranker and base in _HEAD_TENSORS and suffix in ("weight", "bias"):
+            return f"{_HEAD_TENSORS[base]}.{suffix}"
         if name.startswith(_DROPPED):
             return None
-        base, _, suffix = name.rpartition(".")
         if suffix not in _SUFFIXES:
             raise ConvertError(f"unexpected tensor {name} in a BERT checkpoint")
         if base in _TOP_TENSORS:
@@ -78,6 +96,18 @@ class BertConverter(Converter):
         missing = [n for n in needed if n not in names]
         if missing:
             raise ConvertError(f"the checkpoint lacks tensor {missing[0]}")
+        if self.reranker:
+            # Without the pooler llama.cpp would score the raw [CLS] state, not what the model was trained on.
+            head = {"cls.weight": "bert.pooler.dense.weight", "cls.output.weight": "classifier.weight"}
+            for gguf_name, source in head.items():
+                if gguf_name not in names:
+                    raise ConvertError(f"the cross-encoder lacks tensor {source}")
+
+    def out_shape(self, gguf_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if gguf_name.startswith("cls.output.") and shape[0] != 1:
+            # llama-server's rerank reads one score per pair; a classifier of several labels is no reranker.
+            raise ConvertError(f"the classifier has {shape[0]} labels; a reranker has one (its relevance score)")
+        return shape
 
     # -- metadata -------------------------------------------------------------------------------
     def metadata(self, f: GGUFFile) -> None:
@@ -90,15 +120,28 @@ class BertConverter(Converter):
         f.add_float32(k("attention.layer_norm_epsilon"), self.hparam("layer_norm_eps", "layer_norm_epsilon",
                                                                      default=1e-12))
         f.add_bool(k("attention.causal"), False)
-        pooling, normalize = self.pooling()
-        f.add_uint32(k("pooling_type"), pooling)
-        f.add_bool(k("normalize_embeddings"), normalize)  # read by Ollama; llama.cpp ignores it
+        if self.reranker:
+            f.add_uint32(k("pooling_type"), POOLING_RANK)
+            f.add_array(k("classifier.output_labels"), T_STRING, [self._label()])
+        else:
+            pooling, normalize = self.pooling()
+            f.add_uint32(k("pooling_type"), pooling)
+            f.add_bool(k("normalize_embeddings"), normalize)  # read by Ollama; llama.cpp ignores it
         act = self.config.get("hidden_act", "gelu")
         if act not in ("gelu", "gelu_new", "gelu_python"):
             raise ConvertError(f"BERT with activation {act!r} is not supported (llama.cpp's bert uses GELU)")
         if self.config.get("position_embedding_type", "absolute") != "absolute":
             raise ConvertError("BERT with relative position embeddings is not supported")
         self.tokenizer(f)
+
+    def _label(self) -> str:
+        """The classifier's one label (config.json's id2label; transformers' default name otherwise)."""
+        labels = self.config.get("id2label")
+        if isinstance(labels, dict) and len(labels) > 1:
+            raise ConvertError(f"the classifier has {len(labels)} labels; a reranker has one (its relevance score)")
+        if isinstance(labels, dict) and labels:
+            return str(next(iter(labels.values())))
+        return "LABEL_0"
 
     def pooling(self) -> tuple[int, bool]:
         """(pooling type, normalised output) from sentence-transformers' modules.json; mean if absent."""
@@ -167,6 +210,7 @@ class BertConverter(Converter):
             f.add_uint32("tokenizer.ggml.mask_token_id", ids["mask"])
         f.add_bool("tokenizer.ggml.add_bos_token", True)
         f.add_bool("tokenizer.ggml.add_eos_token", True)
+        f.add_bool("tokenizer.ggml.add_sep_token", False)  # a pair: [CLS] a [SEP] b [SEP], one SEP between
 
     def _vocab(self) -> tuple[list[str], list[int]]:
         """The WordPiece vocabulary in id order, and the ids of added special tokens."""

@@ -4,7 +4,8 @@ Pooling is what the model declares (`<arch>.pooling_type`: mean, CLS or last tok
 llama.cpp's graph). A generative model declares none; it is pooled on its last token (the hidden
 state after the final norm), as Ollama's llama.cpp runner did (`GetEmbeddingsIth` on the last token).
 Vectors come back raw: normalising is the daemon's business (/api/embed normalises, the legacy
-/api/embeddings does not).
+/api/embeddings does not). A reranker declares rank pooling: its "vector" is the classifier's output
+for the pair in the sequence (`rerank.py` lays the pairs out), one value per label.
 
 Batching: every sequence of every waiting request is packed into batches of at most `n_batch`
 tokens and `n_seq` sequences. An encoder (BERT: non-causal attention, no KV cache) needs each
@@ -87,7 +88,6 @@ class EmbedEngine:
                  flash_attn: int = -1):
         self.loaded = loaded
         model = loaded.model
-        self.n_embd = ll.llama_model_n_embd_out(model) or ll.llama_model_n_embd(model)
         n_train = ll.llama_model_n_ctx_train(model)
         self.max_tokens = max(min(n_ctx_per_seq, n_train) if n_train > 0 else n_ctx_per_seq, 1)
         self.declared_pooling = model_pooling(model)
@@ -95,9 +95,13 @@ class EmbedEngine:
         pooling = self.declared_pooling
         if pooling in (ll.LLAMA_POOLING_TYPE_NONE, ll.LLAMA_POOLING_TYPE_UNSPECIFIED):
             pooling = ll.LLAMA_POOLING_TYPE_LAST if self.causal else ll.LLAMA_POOLING_TYPE_MEAN
-        if pooling == ll.LLAMA_POOLING_TYPE_RANK:
-            raise EmbedUnsupported("this model does not support embeddings")
         self.pooling = pooling
+        # A reranker: one score per label (llama.cpp's n_cls_out), not an embedding, comes out of the graph.
+        self.rank = pooling == ll.LLAMA_POOLING_TYPE_RANK
+        if self.rank:
+            self.n_embd = max(ll.llama_model_n_cls_out(model), 1)
+        else:
+            self.n_embd = ll.llama_model_n_embd_out(model) or ll.llama_model_n_embd(model)
         if self.causal:
             self.n_batch = min(_DECODER_BATCH, self.max_tokens)
             n_ctx = self.max_tokens + self.n_batch  # one long input in flight plus a batch of others

@@ -9,6 +9,9 @@ Routes (internal, not a public API):
   POST /embed       {"input": [str], "truncate": bool} -> {"dims", "vectors": base64 of float32 rows
                     (raw, not normalised), "counts": tokens per input, "prompt_eval_duration"};
                     400 {"error"} for an input too long, 501 for a model without embeddings
+  POST /rerank      {"query": str, "documents": [str], "truncate": bool} -> {"scores": [float] (the first
+                    classifier output of each pair), "counts": tokens per pair, "prompt_eval_duration"};
+                    400 for a query too long, 501 for a model that is not a reranker
 
 An embedding model's runner (`--embedding`) has no generation engine; a generative model's runner
 creates its embedding context on the first /embed.
@@ -27,6 +30,7 @@ from aiohttp import web
 from .batch import Engine, Event, Request
 from .embed import EmbedEngine, EmbedJob, EmbedUnsupported, InputTooLong, new_embed_engine
 from .model import LoadedModel
+from .rerank import pair_tokens
 from .sampling import SamplingOptions
 
 
@@ -202,6 +206,8 @@ class RunnerServer:
             return web.json_response({"error": str(exc)}, status=501)
         except RuntimeError as exc:  # no memory for the context, say: the next request tries again
             return web.json_response({"error": str(exc)}, status=500)
+        if embedder.rank:  # a reranker's output is a score, not an embedding
+            return web.json_response({"error": "this model does not support embeddings"}, status=501)
         # Tokenizing is quick but not free: a big request is done off the event loop.
         work = lambda: [embedder.prepare(self.model.tokenize(x) if isinstance(x, str) else x, truncate)  # noqa: E731
                         for x in inputs]
@@ -211,6 +217,46 @@ class RunnerServer:
             return web.json_response({"error": str(exc)}, status=400)
         if any(not t for t in tokens):
             return web.json_response({"error": "Input content cannot be empty"}, status=400)
+        job = await self._run(embedder, tokens)
+        if job.error:
+            status = 501 if "does not support" in job.error else 500
+            return web.json_response({"error": job.error}, status=status)
+        return web.json_response({
+            "dims": int(job.vectors.shape[1]),
+            "vectors": base64.b64encode(job.vectors.astype("<f4").tobytes()).decode(),
+            "counts": [len(t) for t in tokens],
+            "prompt_eval_duration": _ns(job.t_done - job.t_submit),
+        })
+
+    async def rerank(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        query, documents = body.get("query"), body.get("documents")
+        if not isinstance(query, str) or not isinstance(documents, list) or not documents or not all(
+                isinstance(d, str) for d in documents):
+            return web.json_response({"error": "rerank needs a query and a non-empty list of documents"}, status=400)
+        truncate = body.get("truncate", True) is not False
+        embedder = self.embedder  # a reranker's runner makes it at start; a generative model has none
+        if embedder is None or not embedder.rank:
+            return web.json_response({"error": "this model does not support rerank"}, status=501)
+        work = lambda: pair_tokens(self.model, query, documents, embedder.max_tokens, truncate)  # noqa: E731
+        try:
+            big = len(query) + sum(map(len, documents)) >= 8192
+            tokens = await asyncio.to_thread(work) if big else work()  # a big request off the event loop
+        except InputTooLong as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        if any(not t for t in tokens):  # a model with no special tokens, and texts of no tokens
+            return web.json_response({"error": "Input content cannot be empty"}, status=400)
+        job = await self._run(embedder, tokens)
+        if job.error:
+            return web.json_response({"error": job.error}, status=500)
+        return web.json_response({
+            "scores": [float(v) for v in job.vectors[:, 0]],
+            "counts": [len(t) for t in tokens],
+            "prompt_eval_duration": _ns(job.t_done - job.t_submit),
+        })
+
+    async def _run(self, embedder: EmbedEngine, tokens: list[list[int]]) -> EmbedJob:
+        """One job through the embedding engine, awaited; cancelled with the request."""
         future = self.loop.create_future()
 
         def done(job: EmbedJob) -> None:
@@ -223,15 +269,7 @@ class RunnerServer:
         except asyncio.CancelledError:  # the daemon hung up: the rest of this job is not worth computing
             job.cancelled = True
             raise
-        if job.error:
-            status = 501 if "does not support" in job.error else 500
-            return web.json_response({"error": job.error}, status=status)
-        return web.json_response({
-            "dims": int(job.vectors.shape[1]),
-            "vectors": base64.b64encode(job.vectors.astype("<f4").tobytes()).decode(),
-            "counts": [len(t) for t in tokens],
-            "prompt_eval_duration": _ns(job.t_done - job.t_submit),
-        })
+        return job
 
     def routes(self) -> list:
         return [
@@ -239,4 +277,5 @@ class RunnerServer:
             web.post("/tokenize", self.tokenize),
             web.post("/completion", self.completion),
             web.post("/embed", self.embed),
+            web.post("/rerank", self.rerank),
         ]

@@ -76,10 +76,17 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return v
 
 
+def refuse_reranker(cfg: ModelConfig) -> None:
+    """A cross-encoder scores pairs (/api/rerank): it has no embeddings to give (a 400, before loading)."""
+    if "rerank" in cfg.capabilities:
+        raise bad_request(f'"{cfg.display}" does not support embeddings')
+
+
 async def embed_texts(request: web.Request, cfg: ModelConfig, inputs: list[str], *, truncate: bool = True,
                       options: dict | None = None, keep_alive: float | None = None) -> EmbedResult:
     """Raw embeddings of `inputs` on `cfg`'s runner (loaded as needed); ApiError on failure."""
     t0 = time.perf_counter()
+    refuse_reranker(cfg)
     async with Inference(request, cfg, options if options is not None else dict(cfg.parameters), keep_alive) as inf:
         loaded = time.perf_counter()
         if not inputs:
@@ -130,6 +137,7 @@ async def embeddings(request: web.Request) -> web.Response:
     body = await read_json(request)
     prompt = field(body, "prompt", str, "")
     cfg = await resolve(request, body, legacy=True)
+    refuse_reranker(cfg)  # a client's mistake: a 400 here too, not the legacy route's 500
     options = _options(cfg, body)
     try:
         result = await embed_texts(request, cfg, [prompt] if prompt else [], truncate=False, options=options,

@@ -327,7 +327,8 @@ _PREDICT_FIELDS = {  # route -> the field that caps generated tokens
 }
 _MESSAGE_FIELDS = {"/api/chat": "messages", "/v1/chat/completions": "messages", "/v1/messages": "messages",
                    "/v1/responses": "input"}
-_BATCH_FIELDS = {"/api/embed": "input", "/v1/embeddings": "input"}
+_BATCH_FIELDS = {"/api/embed": "input", "/v1/embeddings": "input", "/api/rerank": "documents",
+                 "/v1/rerank": "documents"}
 
 
 def _request_limit(path: str, body: dict):
