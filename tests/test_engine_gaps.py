@@ -34,12 +34,14 @@ class Run:
         self.text: dict[int, str] = {}
         self.pieces: dict[int, int] = {}
         self.ended: dict[int, threading.Event] = {}
+        self.errors: list[str] = []
         self.engine = Engine(model, 4, self.on_events)
         self.engine.start()
 
     def on_events(self, events):
         for e in events:
-            assert e.error is None, e.error
+            if e.error:  # kept for the test thread: an assert here would die unseen in the engine thread
+                self.errors.append(e.error)
             self.text[e.request.id] = self.text.get(e.request.id, "") + e.text
             self.pieces[e.request.id] = self.pieces.get(e.request.id, 0) + 1
             if e.done:
@@ -54,6 +56,7 @@ class Run:
 
     def wait(self, req: Request) -> str:
         assert self.ended[req.id].wait(60), "no answer"
+        assert not self.errors, self.errors
         return self.text.get(req.id, "")
 
 

@@ -6,7 +6,6 @@ bindings, decodes the same prompt and takes the log-softmax of the logits row in
 
 from __future__ import annotations
 
-import ctypes
 import math
 
 import llama_cpp as ll

@@ -16,7 +16,7 @@ from modelfiles.prompt import TemplateError, parse_template, render
 
 def _compat_dir() -> Path:
     root = Path(__file__).resolve().parents[1]
-    for d in (root.parent / "shared", root / "shared", Path("/work/shared")):
+    for d in (root.parent / "shared", root / "shared"):
         if (d / "compat" / "ollama-templates" / "index.json").is_file():
             return d / "compat" / "ollama-templates"
     raise RuntimeError("shared/compat/ollama-templates not found beside the repository")
