@@ -270,6 +270,14 @@ def test_pull_shows_progress_then_delete(chat_daemon, browser, pushed_model):
     assert "smollm2" in row and "Q4_1" in row and "8,192" in row and "completion" in row, row
     by_id(browser, "pull-name").send_keys(name)
     by_id(browser, "pull-insecure").click()
+
+    by_id(browser, "pull-start").click()  # cancelled midway: nothing is added to the store
+    wait_for(lambda: js(browser, "return document.getElementById('pull-progress').value") > 0, 30,
+             what="the pull to start")
+    by_id(browser, "pull-cancel").click()
+    wait_for(lambda: "cancelled" in by_id(browser, "pull-status").text, 10, what="the cancel")
+    assert name not in [m["name"] for m in chat_daemon.get("/api/tags")[1]["models"]]
+
     by_id(browser, "pull-start").click()
     samples = []
     while True:
@@ -323,3 +331,87 @@ def test_wrong_api_key_gets_a_clear_message(tmp_path, browser, smollm2_path):
         assert js(browser, "return localStorage.getItem('lm.apiKey')") == KEY
     finally:
         d.stop()
+
+
+def store_names(d: Daemon) -> list[str]:
+    return [m["name"] for m in d.get("/api/tags")[1]["models"]]
+
+
+@needs_browser
+def test_create_copy_and_unload(chat_daemon, browser):
+    assert chat_daemon.post("/api/generate", {"model": MODEL})[0] == 200  # loaded, for the Unload button
+    open_page(browser, chat_daemon)
+    by_id(browser, "tab-models").click()
+    wait_for(lambda: browser.find_elements("css selector", f'#running-rows tr[data-model="{MODEL}"]'), 20,
+             what="the running model")
+    running = browser.find_element("css selector", f'#running-rows tr[data-model="{MODEL}"]')
+    assert "CPU" in running.text and "MB" in running.text
+    running.find_element("xpath", ".//button[text()='Unload']").click()
+    wait_for(lambda: by_id(browser, "running-empty").is_displayed(), 20, what="the unload")
+    assert chat_daemon.get("/api/ps")[1]["models"] == []
+
+    by_id(browser, "create-name").send_keys("ui-pirate")
+    by_id(browser, "create-modelfile").send_keys(
+        f'FROM {MODEL}\nPARAMETER temperature 0.3\nPARAMETER stop "<|im_end|>"\nSYSTEM """You are a pirate.\n'
+        'Say arr."""\n')
+    by_id(browser, "create-start").click()
+    wait_for(lambda: by_id(browser, "create-status").text == "Created ui-pirate", 30, what="the create")
+    shown = chat_daemon.post("/api/show", {"model": "ui-pirate"})[1]
+    assert shown["system"] == "You are a pirate.\nSay arr."
+    assert "temperature" in shown["parameters"] and "<|im_end|>" in shown["parameters"]
+
+    by_id(browser, "create-modelfile").clear()
+    by_id(browser, "create-modelfile").send_keys("FROM nothing-here:latest\n")
+    by_id(browser, "create-start").click()
+    wait_for(lambda: by_id(browser, "create-status").text.startswith("Create failed:"), 30, what="the refusal")
+    by_id(browser, "create-modelfile").clear()
+    by_id(browser, "create-modelfile").send_keys("PARAMETER temperature 1\n")
+    by_id(browser, "create-start").click()
+    assert "needs a FROM line" in by_id(browser, "create-status").text
+
+    row = wait_for(lambda: browser.find_element("css selector", '#installed-rows tr[data-model="ui-pirate:latest"]'),
+                   10, what="the created model's row")
+    row.find_element("xpath", ".//button[text()='Copy']").click()
+    alert = wait_for(lambda: browser.switch_to.alert, 5, what="the copy prompt")
+    alert.send_keys("ui-parrot")
+    alert.accept()
+    wait_for(lambda: browser.find_elements("css selector", '#installed-rows tr[data-model="ui-parrot:latest"]'), 10,
+             what="the copy's row")
+    assert {"ui-pirate:latest", "ui-parrot:latest"} <= set(store_names(chat_daemon))
+    for name in ("ui-pirate", "ui-parrot"):
+        assert chat_daemon.request("DELETE", "/api/delete", {"model": name})[0] == 200
+
+
+def conversation_action(driver, index: int, action: str) -> None:
+    """Hovers over a conversation (its buttons show on hover, as for a person) and clicks one."""
+    from selenium.webdriver import ActionChains
+
+    item = driver.find_elements("css selector", ".conversation")[index]
+    ActionChains(driver).move_to_element(item).perform()
+    item.find_element("xpath", f".//button[text()='{action}']").click()
+
+
+@needs_browser
+def test_conversations_rename_and_delete(chat_daemon, browser):
+    open_page(browser, chat_daemon)
+    convs = [{"id": f"c{i}", "title": f"chat {i}", "model": MODEL, "system": "", "options": {}, "think": "",
+              "created": "2026-01-01T00:00:00Z", "updated": "2026-01-01T00:00:00Z",
+              "messages": [{"role": "user", "content": f"question {i}"}]} for i in (1, 2)]
+    js(browser, "localStorage.setItem('lm.conversations', arguments[0])", json.dumps(convs))
+    browser.refresh()
+
+    def titles():
+        return [e.text for e in browser.find_elements("css selector", ".conversation-title")]
+
+    wait_for(lambda: titles() == ["chat 1", "chat 2"], 20, what="the list")
+    conversation_action(browser, 1, "Rename")
+    alert = wait_for(lambda: browser.switch_to.alert, 5, what="the rename prompt")
+    alert.send_keys("renamed")
+    alert.accept()
+    wait_for(lambda: titles() == ["chat 1", "renamed"], 5, what="the new title")
+    conversation_action(browser, 0, "Delete")
+    wait_for(lambda: browser.switch_to.alert, 5, what="the confirmation").accept()
+    wait_for(lambda: titles() == ["renamed"], 5, what="the deletion")
+    assert browser.find_element("css selector", ".message.user .body").text == "question 2"
+    stored = json.loads(js(browser, "return localStorage.getItem('lm.conversations')"))
+    assert [(c["id"], c["title"]) for c in stored] == [("c2", "renamed")]
