@@ -204,6 +204,7 @@ def test_model_html_never_runs_as_markup(chat_daemon, browser):
     body = browser.find_element("css selector", ".message.assistant .body")
     assert body.find_elements("css selector", "strong")[0].text == "bold"
     assert body.find_elements("css selector", "pre code")[0].text == "print('<b>x</b>')"
+    assert len(body.find_elements("css selector", "pre button.copy-code")) == 1
     assert not body.find_elements("css selector", "img, script")
     assert "<script>window.hit=2</script>" in body.text  # shown as text
     assert all(not (a.get_attribute("href") or "").startswith("javascript:")

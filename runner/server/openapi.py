@@ -252,7 +252,8 @@ def build_spec(s: Settings) -> dict:
     model_param = [{"name": "model", "in": "path", "required": True, "schema": MODEL}]
     text_ok = {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}
     html_ok = {"description": "OK", "content": {"text/html": {"schema": {"type": "string"}}}}
-    ui_param = [{"name": "path", "in": "path", "required": True, "schema": {"type": "string", "example": "js/chat.js"}}]
+    ui_param = [{"name": "path", "in": "path", "required": True, "schema": {
+        "type": "string", "pattern": "^[A-Za-z0-9._/-]+$", "maxLength": 200, "example": "js/chat.js"}}]
     version_ok = _json(_obj({"version": {"type": "string"}}, ("version",)))
     infer = (400, 401, 404, 413, 500, 503)
     paths = {

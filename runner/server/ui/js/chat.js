@@ -178,11 +178,23 @@ function fill(message, el) {
   thinking.querySelector(".thinking-text").textContent = message.thinking || "";
   if (message.role === "user") body.textContent = message.content;
   else body.innerHTML = renderMarkdown(message.content); // sanitized: see markdown.js
+  if (message !== streaming) addCopyButtons(body);
   el.classList.toggle("streaming", message === streaming);
   meta.replaceChildren();
   if (message.error) meta.append(span("error", `Error: ${message.error}`));
   const stats = statsText(message);
   if (stats) meta.append(span("stats", stats));
+}
+
+// A Copy button on each code block of a finished answer.
+function addCopyButtons(body) {
+  for (const pre of body.querySelectorAll("pre")) {
+    const copy = button("Copy", "small copy-code", () => {
+      navigator.clipboard.writeText(pre.querySelector("code")?.textContent ?? pre.textContent)
+        .then(() => { copy.textContent = "Copied"; }, () => { copy.textContent = "Copy failed"; });
+    });
+    pre.prepend(copy);
+  }
 }
 
 function span(className, text) {
