@@ -152,6 +152,16 @@ def send(driver, text: str, **options):
     by_id(driver, "send").click()
 
 
+def click_row_button(driver, table: str, model: str, label: str) -> None:
+    """Clicks a model row's button (found afresh each try: the tables redraw when the models change)."""
+    def click():
+        row = driver.find_element("css selector", f'#{table}-rows tr[data-model="{model}"]')
+        row.find_element("xpath", f".//button[text()='{label}']").click()
+        return True
+
+    wait_for(click, 10, what=f"{label} on {model}")
+
+
 def metric(d: Daemon, name: str, labels: str = "") -> float | None:
     text = d.get("/metrics")[1]
     match = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.M)
@@ -298,8 +308,7 @@ def test_pull_shows_progress_then_delete(chat_daemon, browser, pushed_model):
              what="the pulled model in the list")
     assert name in [m["name"] for m in chat_daemon.get("/api/tags")[1]["models"]]
 
-    row = browser.find_element("css selector", f'#installed-rows tr[data-model="{name}"]')
-    row.find_element("xpath", ".//button[text()='Delete']").click()
+    click_row_button(browser, "installed", name, "Delete")
     alert = wait_for(lambda: browser.switch_to.alert, 5, what="the confirmation")
     assert "Delete " + name in alert.text
     alert.accept()
@@ -347,7 +356,7 @@ def test_create_copy_and_unload(chat_daemon, browser):
              what="the running model")
     running = browser.find_element("css selector", f'#running-rows tr[data-model="{MODEL}"]')
     assert "CPU" in running.text and "MB" in running.text
-    running.find_element("xpath", ".//button[text()='Unload']").click()
+    click_row_button(browser, "running", MODEL, "Unload")
     wait_for(lambda: by_id(browser, "running-empty").is_displayed(), 20, what="the unload")
     assert chat_daemon.get("/api/ps")[1]["models"] == []
 
@@ -370,9 +379,7 @@ def test_create_copy_and_unload(chat_daemon, browser):
     by_id(browser, "create-start").click()
     assert "needs a FROM line" in by_id(browser, "create-status").text
 
-    row = wait_for(lambda: browser.find_element("css selector", '#installed-rows tr[data-model="ui-pirate:latest"]'),
-                   10, what="the created model's row")
-    row.find_element("xpath", ".//button[text()='Copy']").click()
+    click_row_button(browser, "installed", "ui-pirate:latest", "Copy")
     alert = wait_for(lambda: browser.switch_to.alert, 5, what="the copy prompt")
     alert.send_keys("ui-parrot")
     alert.accept()

@@ -66,7 +66,19 @@ function actionButton(text, className, onClick) {
   return b;
 }
 
+// The tables are redrawn only when what they show changed, so that the 5-second refresh never swaps a
+// button out from under the pointer.
+const drawn = { installed: null, running: null };
+
+function unchanged(table, data) {
+  const key = JSON.stringify(data);
+  if (drawn[table] === key) return true;
+  drawn[table] = key;
+  return false;
+}
+
 function renderInstalled(models) {
+  if (unchanged("installed", models.map((m) => [m.name, m.digest, m.size, fmt.ago(m.modified_at)]))) return;
   const rows = models.map((m) => {
     const info = shown.get(m.digest) || {};
     const caps = document.createElement("span");
@@ -95,6 +107,8 @@ function renderInstalled(models) {
 }
 
 function renderRunning(models) {
+  if (unchanged("running", models.map((m) => [m.name, m.size, m.size_vram, m.context_length,
+                                              fmt.until(m.expires_at)]))) return;
   const rows = models.map((m) => {
     const tr = document.createElement("tr");
     tr.dataset.model = m.name;
