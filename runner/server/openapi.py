@@ -262,6 +262,8 @@ def build_spec(s: Settings) -> dict:
         "/api/version": {"get": _op("Version", "general", ok=version_ok, errors=(), public=True),
                          "head": _op("Version", "general", errors=(), public=True)},
         # The browser page (webui.py): static files, no key needed; a browser asking for / is sent to /ui/.
+        "/ui": {"get": {"summary": "Redirects to /ui/", "tags": ["ui"], "security": [],
+                        "responses": {"302": {"description": "Location: /ui/"}}}},
         "/ui/": {"get": _op("The chat and models page", "ui", ok=html_ok, errors=(), public=True)},
         "/ui/{path}": {"get": _op("A file of the page (script, style, licence)", "ui", ok={"description": "OK"},
                                   errors=(404,), params=ui_param, public=True)},
