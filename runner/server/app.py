@@ -23,7 +23,7 @@ from ..config import Settings
 from ..scheduler import Scheduler
 from . import anthropic, embed, generate, models_api, openai, responses
 from . import metrics, openapi, security
-from . import registry_api, rerank
+from . import registry_api, rerank, webui
 from .http import ApiError, dumps
 
 log = logging.getLogger("lm.server")
@@ -61,10 +61,6 @@ async def _errors(request: web.Request, handler):
                             content_type="application/json")
 
 
-async def root(_request: web.Request) -> web.Response:
-    return web.Response(text="lm is running")
-
-
 async def version(_request: web.Request) -> web.Response:
     return web.json_response({"version": __version__})
 
@@ -78,7 +74,7 @@ def make_app(settings: Settings) -> web.Application:
     app["scheduler"] = Scheduler(settings)
     app["openapi_spec"] = openapi.build_spec(settings)
     metrics.track_scheduler(app["scheduler"])
-    app.router.add_get("/", root)
+    webui.add_routes(app)  # "/" (the health check, or a redirect to the page for browsers) and /ui/
     app.router.add_get("/api/version", version)
     models_api.add_routes(app)
     generate.add_routes(app)

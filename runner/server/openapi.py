@@ -274,6 +274,9 @@ def build_spec(s: Settings) -> dict:
     digest_param = [{"name": "digest", "in": "path", "required": True, "schema": DIGEST}]
     model_param = [{"name": "model", "in": "path", "required": True, "schema": MODEL}]
     text_ok = {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    html_ok = {"description": "OK", "content": {"text/html": {"schema": {"type": "string"}}}}
+    ui_param = [{"name": "path", "in": "path", "required": True, "schema": {
+        "type": "string", "pattern": "^[A-Za-z0-9._/-]+$", "maxLength": 200, "example": "js/chat.js"}}]
     version_ok = _json(_obj({"version": {"type": "string"}}, ("version",)))
     infer = (400, 401, 404, 413, 500, 503)
     paths = {
@@ -281,6 +284,12 @@ def build_spec(s: Settings) -> dict:
               "head": _op("Health check", "general", errors=(), public=True)},
         "/api/version": {"get": _op("Version", "general", ok=version_ok, errors=(), public=True),
                          "head": _op("Version", "general", errors=(), public=True)},
+        # The browser page (webui.py): static files, no key needed; a browser asking for / is sent to /ui/.
+        "/ui": {"get": {"summary": "Redirects to /ui/", "tags": ["ui"], "security": [],
+                        "responses": {"302": {"description": "Location: /ui/"}}}},
+        "/ui/": {"get": _op("The chat and models page", "ui", ok=html_ok, errors=(), public=True)},
+        "/ui/{path}": {"get": _op("A file of the page (script, style, licence)", "ui", ok={"description": "OK"},
+                                  errors=(404,), params=ui_param, public=True)},
         "/api/generate": {"post": _op("Generate a completion", "native", body=_body(_ref("GenerateRequest")),
                                       ok=streamed("GenerateResponse"), errors=infer)},
         "/api/chat": {"post": _op("Chat", "native", body=_body(_ref("ChatRequest")), ok=streamed("ChatResponse"),

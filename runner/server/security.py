@@ -29,6 +29,9 @@ log = logging.getLogger("lm.security")
 
 # Routes anyone may call even when keys are set: a health check must not need a secret.
 PUBLIC_ROUTES = frozenset({("GET", "/"), ("HEAD", "/"), ("GET", "/api/version"), ("HEAD", "/api/version")})
+# The browser page's static files (webui.py), by route name, so that the page loads and can ask for a key.
+# Matched on the route aiohttp resolved, not on the path's text: only those handlers, which serve files.
+PUBLIC_RESOURCES = frozenset({"ui-redirect", "ui-index", "ui-asset"})
 # Blob uploads stream to disk (any size); every other body is read into memory and capped.
 STREAMED_BODY_PREFIXES = ("/api/blobs/",)
 
@@ -254,12 +257,17 @@ def request_token(request: web.Request) -> str | None:
     return request.headers.get("X-Api-Key", "").strip() or None
 
 
+def _public_resource(request: web.Request) -> bool:
+    resource = request.match_info.route.resource
+    return request.method in ("GET", "HEAD") and resource is not None and resource.name in PUBLIC_RESOURCES
+
+
 def auth_middleware(settings: Settings):
     ring = KeyRing(settings.api_keys, settings.api_keys_file)
 
     @web.middleware
     async def auth(request: web.Request, handler):
-        if not ring.enabled or (request.method, request.path) in PUBLIC_ROUTES:
+        if not ring.enabled or (request.method, request.path) in PUBLIC_ROUTES or _public_resource(request):
             return await handler(request)
         token = request_token(request)
         if token is not None and ring.check(token):
