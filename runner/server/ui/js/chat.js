@@ -2,6 +2,7 @@
 // Answers stream from /api/chat; Stop aborts the fetch, which cancels the generation on the server.
 
 import * as api from "./api.js";
+import { button } from "./dom.js";
 import * as fmt from "./format.js";
 import { renderMarkdown } from "./markdown.js";
 import { exportConversation, loadConversations, newConversation, saveConversations } from "./store.js";
@@ -132,15 +133,6 @@ function remove(conv) {
   saveConversations(conversations);
   if (conv === current) open(conversations[0] ? conversations[0].id : null);
   else renderList();
-}
-
-function button(text, className, onClick) {
-  const b = document.createElement("button");
-  b.type = "button";
-  b.className = className;
-  b.textContent = text;
-  b.addEventListener("click", onClick);
-  return b;
 }
 
 // ---------------------------------------------------------------- messages

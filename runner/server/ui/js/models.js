@@ -2,6 +2,7 @@
 // copy, delete and create from Modelfile text.
 
 import * as api from "./api.js";
+import { button } from "./dom.js";
 import * as fmt from "./format.js";
 import { parseModelfile } from "./modelfile.js";
 
@@ -57,15 +58,6 @@ function cell(text, className) {
   return td;
 }
 
-function actionButton(text, className, onClick) {
-  const b = document.createElement("button");
-  b.type = "button";
-  b.className = className;
-  b.textContent = text;
-  b.addEventListener("click", onClick);
-  return b;
-}
-
 // The tables are redrawn only when what they show changed, so that the 5-second refresh never swaps a
 // button out from under the pointer.
 const drawn = { installed: null, running: null };
@@ -91,9 +83,9 @@ function renderInstalled(models) {
     const actions = document.createElement("span");
     actions.className = "row-actions";
     actions.append(
-      actionButton("Chat", "small", () => listeners.chat(m.name)),
-      actionButton("Copy", "small", () => copy(m.name)),
-      actionButton("Delete", "small danger", () => remove(m.name)),
+      button("Chat", "small", () => listeners.chat(m.name)),
+      button("Copy", "small", () => copy(m.name)),
+      button("Delete", "small danger", () => remove(m.name)),
     );
     const tr = document.createElement("tr");
     tr.dataset.model = m.name;
@@ -114,7 +106,7 @@ function renderRunning(models) {
     tr.dataset.model = m.name;
     tr.append(cell(m.name, "name"), cell(fmt.bytes(m.size), "num"), cell(fmt.bytes(m.size_vram), "num"),
               cell(m.processor), cell((m.context_length || 0).toLocaleString(), "num"), cell(fmt.until(m.expires_at)),
-              cell(actionButton("Unload", "small", () => unload(m.name))));
+              cell(button("Unload", "small", () => unload(m.name))));
     return tr;
   });
   $("running-rows").replaceChildren(...rows);
