@@ -136,9 +136,10 @@ def test_history_file_is_private(daemon, tiny, tmp_path):
 def test_tab_completes_commands_and_list(daemon, tiny, tmp_path):
     child = spawn_repl(daemon, tiny, tmp_path / "data")
     child.expect_exact(PROMPT)
-    # "/se" + Tab is "/set"; "verb" + Tab is "verbose" (each completion shown before typing on)
+    # "/se" + Tab is "/set"; "verb" + Tab is "verbose". Each completion is waited for before typing on:
+    # the screen shows the part that changed ("t", "ose"; or the whole line when drawn at once).
     child.send("/se" + TAB)
-    child.expect_exact("/set")
+    child.expect_exact("t")
     child.send(" verb" + TAB)
     child.expect_exact("ose")
     child.send("\r")
@@ -224,7 +225,7 @@ def test_ctrl_c_stops_the_answer_not_the_chat(make_daemon, tiny_gguf, tmp_path):
     while _active(d, "tiny:latest") < 1:
         assert time.time() < deadline, "the answer never started"
         time.sleep(0.1)
-    child.read_nonblocking(10000, timeout=5)  # some of the answer has been shown
+    time.sleep(1)  # the answer is streaming
     child.send(CTRL_C)
     child.expect_exact(PROMPT, timeout=20)
     deadline = time.time() + 10

@@ -110,7 +110,8 @@ class Repl:
             try:
                 text, is_message = self._read()
             except EOFError:
-                print()
+                if isinstance(self.reader, PlainReader):
+                    print()  # the line editor has already ended the line
                 return
             except LineInterrupted as exc:
                 if not exc.line:
