@@ -133,7 +133,7 @@ def test_history_file_is_private(daemon, tiny, tmp_path):
     assert ((tmp_path / "data" / "lm" / "history").stat().st_mode & 0o777) == 0o600
 
 
-def test_tab_completes_commands_and_list(daemon, tiny, tmp_path):
+def test_tab_completion_list_and_load(daemon, tiny, tmp_path):
     child = spawn_repl(daemon, tiny, tmp_path / "data")
     child.expect_exact(PROMPT)
     # "/se" + Tab is "/set"; "verb" + Tab is "verbose". Each completion is waited for before typing on:
@@ -146,6 +146,8 @@ def test_tab_completes_commands_and_list(daemon, tiny, tmp_path):
     child.expect_exact("Set 'verbose' mode.")
     child.expect_exact(PROMPT)
     command(child, "/list", "tiny:latest")
+    command(child, "/load no-such-model", "Couldn't find model 'no-such-model'")
+    command(child, "/load tiny", "Loading model 'tiny'")
     command(child, "/bogus", "Unknown command '/bogus'. Type /? for help")
     child.send("/bye\r")
     child.expect(pexpect.EOF)
