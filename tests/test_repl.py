@@ -261,7 +261,8 @@ STAT_LINES = [
     ("prompt eval count:    ", "count"), ("prompt eval duration: ", "duration"), ("prompt eval rate:     ", "rate"),
     ("eval count:           ", "count"), ("eval duration:        ", "duration"), ("eval rate:            ", "rate"),
 ]
-VALUE = {"duration": r"(\d+h)?(\d+m)?\d+(\.\d+)?(ns|µs|ms|s)", "count": r"\d+ token\(s\)", "rate": r"\d+\.\d\d tokens/s"}
+VALUE = {"duration": r"(\d+h)?(\d+m)?\d+(\.\d+)?(ns|µs|ms|s)", "count": r"\d+ token\(s\)",
+         "rate": r"\d+\.\d\d tokens/s"}
 
 
 def test_verbose_prints_ollamas_stats_block(daemon, smollm2):
@@ -342,6 +343,6 @@ def test_run_embedding_model_dimensions_and_truncate(daemon, all_minilm):  # noq
     for flag in ("--truncate", "--truncate=true"):
         r = daemon.cli("run", all_minilm, flag, long_text)
         assert r.returncode == 0 and len(json.loads(r.stdout)) == 384, r.stderr
-    for bad, message in (("--dimensions=-1", "--dimensions must be"), ("--truncate=maybe", "--truncate")):
+    for bad, message in (("--dimensions=-1", "--dimensions must not be negative"), ("--truncate=maybe", "--truncate")):
         r = daemon.cli("run", all_minilm, bad, "a cat")
         assert r.returncode == 1 and r.stderr.startswith("Error: ") and message in r.stderr, r.stderr

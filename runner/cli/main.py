@@ -212,14 +212,14 @@ def run(name: str, prompt: Optional[list[str]] = typer.Argument(None),
     from .run_cmd import RunOptions, parse_think, parse_truncate, run_model
 
     try:
-        opts = RunOptions(verbose=verbose, keepalive=keepalive, format=format, wordwrap=not nowordwrap,
-                          think=False if nothink else parse_think(think) if think is not None else None,
-                          hidethinking=hidethinking, truncate=parse_truncate(truncate) if truncate is not None else None,
-                          dimensions=dimensions)
+        think_value = False if nothink else parse_think(think) if think is not None else None
+        truncate_value = parse_truncate(truncate) if truncate is not None else None
     except ClientError as exc:
         fail(str(exc))
+    opts = RunOptions(verbose=verbose, keepalive=keepalive, format=format, wordwrap=not nowordwrap, think=think_value,
+                      hidethinking=hidethinking, truncate=truncate_value, dimensions=dimensions)
     if dimensions < 0:
-        fail("--dimensions must be a positive number of dimensions (0 keeps them all)")
+        fail("--dimensions must not be negative (0 keeps every dimension)")
     client = connect()
     text = " ".join(prompt or [])
     if not sys.stdin.isatty():
