@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 import ollama
 import pytest
 
-from tests.conftest import REPO
 from tests.test_faults import runner_pids
 
 STAT_FIELDS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count",
@@ -169,52 +168,6 @@ def test_cli_run_one_shot_and_piped(daemon, smollm2):
     # A model not in the store is pulled first; from a registry that is not there, that fails clearly.
     r = daemon.cli("run", "127.0.0.1:9/me/no-such-model", "hi", "--insecure")
     assert r.returncode != 0 and r.stderr.startswith("Error:") and r.stderr.strip().count("\n") == 0
-
-
-def _run_in_tty(daemon, args: list[str], lines: list[str], timeout: float = 120) -> str:
-    """Runs the CLI on a pseudo-terminal (the interactive mode needs one), typing `lines` one by one."""
-    import pty
-    import select
-    import subprocess
-    import sys
-
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", *args], cwd=str(daemon.models_dir.parent),
-                            env={**daemon.env, "PYTHONPATH": str(REPO)}, stdin=slave, stdout=slave, stderr=slave)
-    os.close(slave)
-    out = b""
-    deadline = time.time() + timeout
-    pending = list(lines)
-    while time.time() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-            if pending and out.rstrip().endswith((b">>>", b"...")):
-                os.write(master, (pending.pop(0) + "\n").encode())
-        elif proc.poll() is not None:
-            break
-    proc.kill()
-    os.close(master)
-    return out.decode(errors="replace")
-
-
-def test_cli_interactive_chat(daemon, smollm2):
-    out = _run_in_tty(daemon, ["run", smollm2], [
-        "/set parameter temperature 0", "/set parameter num_predict 30", "/set parameter bogus 1",
-        "My name is Ada. Please remember it.", '"""What is', 'my name?"""', "/show parameters", "/clear",
-        "/?", "/bye"])
-    assert "Set parameter 'temperature' to '0'" in out
-    assert "Couldn't set parameter" in out
-    after = out.split("my name?")[-1]
-    assert "Ada" in after.split("Cleared session context")[0]
-    assert "Cleared session context" in out
-    assert "Available Commands" in out
 
 
 def test_cli_ps_and_stop(daemon, tiny):

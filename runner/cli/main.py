@@ -10,7 +10,7 @@ import typer
 
 from .. import __version__
 from .client import Client, ClientError, ensure_daemon
-from .format import ago, human_size, table, until
+from .format import human_size, models_table, table, until
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="lm: run large language models locally.",
                   context_settings={"help_option_names": ["-h", "--help"]})
@@ -73,8 +73,7 @@ def _list() -> None:
         models = client.json("GET", "/api/tags").get("models", [])
     except ClientError as exc:
         fail(str(exc))
-    rows = [[m["name"], m["digest"][:12], human_size(m["size"]), ago(m["modified_at"])] for m in models]
-    typer.echo(table(["NAME", "ID", "SIZE", "MODIFIED"], rows))
+    typer.echo(models_table(models))
 
 
 app.command("list", help="List models.")(_list)
@@ -197,16 +196,31 @@ def run(name: str, prompt: Optional[list[str]] = typer.Argument(None),
         keepalive: Optional[str] = typer.Option(None, "--keepalive", help="Duration to keep a model loaded (e.g. 5m)"),
         format: Optional[str] = typer.Option(None, "--format", help='Response format (e.g. json)'),
         nowordwrap: bool = typer.Option(False, "--nowordwrap", help="Don't wrap words to the next line automatically"),
-        think: Optional[bool] = typer.Option(None, "--think/--nothink", help="Enable thinking mode"),
+        think: Optional[str] = typer.Option(None, "--think", metavar="[=true|false|high|medium|low|max]",
+                                            help="Enable thinking mode: true/false or high/medium/low/max for "
+                                                 "supported models (bare --think: true)"),
+        nothink: bool = typer.Option(False, "--nothink", help="Disable thinking mode (as --think=false)"),
         hidethinking: bool = typer.Option(False, "--hidethinking", help="Hide thinking output"),
+        truncate: Optional[str] = typer.Option(None, "--truncate", metavar="[=true|false]",
+                                               help="For embedding models: truncate inputs exceeding context length "
+                                                    "(default: true). Set --truncate=false to error instead"),
+        dimensions: int = typer.Option(0, "--dimensions", help="Truncate output embeddings to specified dimension "
+                                                               "(embedding models only)"),
         insecure: bool = typer.Option(False, "--insecure", help="Use an insecure registry")) -> None:
     """Run a model: answer PROMPT, or chat interactively without one."""
     from .pull_cmd import pull_if_missing
-    from .run_cmd import RunOptions, run_model
+    from .run_cmd import RunOptions, parse_think, parse_truncate, run_model
 
+    try:
+        think_value = False if nothink else parse_think(think) if think is not None else None
+        truncate_value = parse_truncate(truncate) if truncate is not None else None
+    except ClientError as exc:
+        fail(str(exc))
+    opts = RunOptions(verbose=verbose, keepalive=keepalive, format=format, wordwrap=not nowordwrap, think=think_value,
+                      hidethinking=hidethinking, truncate=truncate_value, dimensions=dimensions)
+    if dimensions < 0:
+        fail("--dimensions must not be negative (0 keeps every dimension)")
     client = connect()
-    opts = RunOptions(verbose=verbose, keepalive=keepalive, format=format, wordwrap=not nowordwrap, think=think,
-                      hidethinking=hidethinking)
     text = " ".join(prompt or [])
     if not sys.stdin.isatty():
         piped = sys.stdin.read()
@@ -247,4 +261,6 @@ def bench(name: str,
 
 
 def main() -> None:
-    app(prog_name="lm")
+    from .run_cmd import expand_optional_flags
+
+    app(args=expand_optional_flags(sys.argv[1:]), prog_name="lm")

@@ -8,29 +8,7 @@ import sys
 from dataclasses import dataclass, field
 
 from .client import Client, ClientError
-
-HELP = """Available Commands:
-  /set            Set session variables
-  /show           Show model information
-  /load <model>   Load a session or model
-  /save <model>   Save your current session
-  /clear          Clear session context
-  /bye            Exit
-  /?, /help       Help for a command
-
-Use \"\"\" to begin a multi-line message."""
-
-SET_HELP = """Available Commands:
-  /set parameter ...     Set a parameter
-  /set system <string>   Set system message
-  /set format json       Enable JSON mode
-  /set noformat          Disable formatting
-  /set verbose           Show LLM stats
-  /set quiet             Disable LLM stats
-  /set wordwrap          Enable wordwrap
-  /set nowordwrap        Disable wordwrap
-  /set think             Enable thinking
-  /set nothink           Disable thinking"""
+from .format import go_duration
 
 
 @dataclass
@@ -43,6 +21,50 @@ class RunOptions:
     hidethinking: bool = False
     options: dict = field(default_factory=dict)
     system: str | None = None
+    truncate: bool | None = None  # embedding models: None leaves the server's default (true)
+    dimensions: int = 0  # embedding models: 0 keeps every dimension
+
+
+THINK_LEVELS = ("high", "medium", "low", "max")
+
+
+def parse_think(value: str) -> bool | str:
+    """--think's value as Ollama's flag takes it: bare --think (given here as "true"), true, false or a level."""
+    if value in ("", "true"):
+        return True
+    if value == "false":
+        return False
+    if value in THINK_LEVELS:
+        return value
+    raise ClientError(f'invalid value for --think: "{value}" (must be true, false, high, medium, low, or max)')
+
+
+_GO_TRUE, _GO_FALSE = ("1", "t", "T", "TRUE", "true", "True"), ("0", "f", "F", "FALSE", "false", "False")
+
+
+def parse_truncate(value: str) -> bool:
+    """--truncate's value: a boolean flag that also takes =true / =false, as Go's flag package parses it."""
+    if value in _GO_TRUE or value in _GO_FALSE:
+        return value in _GO_TRUE
+    raise ClientError(f'invalid value for --truncate: "{value}" (must be true or false)')
+
+
+# Flags that may stand alone or take "=value" (Go's NoOptDefVal and boolean flags): alone they mean true.
+# A bare one is written "--flag=true" before click parses, so that the word after it stays the prompt.
+OPTIONAL_VALUE_FLAGS = ("--think", "--truncate")
+
+
+def expand_optional_flags(argv: list[str]) -> list[str]:
+    """argv of `lm run` with each bare --think / --truncate as --think=true (a "--" ends the options)."""
+    if not argv or argv[0] != "run":
+        return argv
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--":
+            break
+        if arg in OPTIONAL_VALUE_FLAGS:
+            out[i] = arg + "=true"
+    return out
 
 
 class _Wrapper:
@@ -86,26 +108,26 @@ class _Wrapper:
         sys.stdout.flush()
 
 
-def _rate(count: int, ns: int) -> str:
-    return f"{count / (ns / 1e9):.2f} tokens/s" if ns else "0.00 tokens/s"
-
-
 def print_stats(final: dict) -> None:
-    def dur(ns: int) -> str:
-        s = ns / 1e9
-        return f"{s * 1000:.6f}ms" if s < 1 else f"{s:.6f}s"
-
-    lines = [
-        f"total duration:       {dur(final.get('total_duration', 0))}",
-        f"load duration:        {dur(final.get('load_duration', 0))}",
-        f"prompt eval count:    {final.get('prompt_eval_count', 0)} token(s)",
-        f"prompt eval duration: {dur(final.get('prompt_eval_duration', 0))}",
-        f"prompt eval rate:     {_rate(final.get('prompt_eval_count', 0), final.get('prompt_eval_duration', 0))}",
-        f"eval count:           {final.get('eval_count', 0)} token(s)",
-        f"eval duration:        {dur(final.get('eval_duration', 0))}",
-        f"eval rate:            {_rate(final.get('eval_count', 0), final.get('eval_duration', 0))}",
-    ]
-    sys.stderr.write("\n".join(lines) + "\n")
+    """Ollama's --verbose block (api.Metrics.Summary): each line only where its value is set."""
+    count, ns = final.get("prompt_eval_count", 0), final.get("prompt_eval_duration", 0)
+    eval_count, eval_ns = final.get("eval_count", 0), final.get("eval_duration", 0)
+    lines = []
+    if final.get("total_duration", 0) > 0:
+        lines.append(f"total duration:       {go_duration(final['total_duration'])}")
+    if final.get("load_duration", 0) > 0:
+        lines.append(f"load duration:        {go_duration(final['load_duration'])}")
+    if count > 0:
+        lines.append(f"prompt eval count:    {count} token(s)")
+    if ns > 0:
+        lines.append(f"prompt eval duration: {go_duration(ns)}")
+        lines.append(f"prompt eval rate:     {count / (ns / 1e9):.2f} tokens/s")
+    if eval_count > 0:
+        lines.append(f"eval count:           {eval_count} token(s)")
+    if eval_ns > 0:
+        lines.append(f"eval duration:        {go_duration(eval_ns)}")
+        lines.append(f"eval rate:            {eval_count / (eval_ns / 1e9):.2f} tokens/s")
+    sys.stderr.write("".join(line + "\n" for line in lines))
 
 
 GREY, BOLD, DEFAULT = "\033[38;5;245m", "\033[1m", "\033[0m"
@@ -154,7 +176,7 @@ def _tool_calls_text(calls: list[dict], color: bool) -> str:
     return grey + "\n".join(lines) + (DEFAULT if color else "")
 
 
-def _chat_once(client: Client, model: str, messages: list[dict], opts: RunOptions) -> str:
+def chat_once(client: Client, model: str, messages: list[dict], opts: RunOptions) -> str:
     body: dict = {"model": model, "messages": messages, "stream": True}
     if opts.options:
         body["options"] = opts.options
@@ -200,8 +222,17 @@ def _capabilities(client: Client, model: str) -> list[str]:
 
 def _print_embedding(client: Client, model: str, text: str, opts: RunOptions) -> None:
     """An embedding model answers with its vector, printed as a JSON array (as Ollama's CLI does)."""
-    body = {"model": model, "input": text, **({"keep_alive": opts.keepalive} if opts.keepalive else {})}
-    print(json.dumps(client.json("POST", "/api/embed", body)["embeddings"][0]))
+    body: dict = {"model": model, "input": text}
+    if opts.keepalive:
+        body["keep_alive"] = opts.keepalive
+    if opts.truncate is not None:
+        body["truncate"] = opts.truncate
+    if opts.dimensions:
+        body["dimensions"] = opts.dimensions
+    embeddings = client.json("POST", "/api/embed", body).get("embeddings") or []
+    if not embeddings:
+        raise ClientError("no embeddings returned")
+    print(json.dumps(embeddings[0]))
 
 
 def run_model(client: Client, model: str, prompt: str | None, opts: RunOptions) -> None:
@@ -212,168 +243,19 @@ def run_model(client: Client, model: str, prompt: str | None, opts: RunOptions) 
         _print_embedding(client, model, prompt, opts)
         return
     if prompt is not None:
-        _chat_once(client, model, [{"role": "user", "content": prompt}], opts)
+        chat_once(client, model, [{"role": "user", "content": prompt}], opts)
         return
-    # Load the model before the first prompt, as Ollama does, so the first answer starts at once.
-    client.json("POST", "/api/generate", {"model": model, **({"keep_alive": opts.keepalive} if opts.keepalive else {})})
+    # Load the model before the first prompt, as Ollama does, so the first answer starts at once; think goes
+    # with it so that a model that cannot think fails here, before the chat starts.
+    body: dict = {"model": model}
+    if opts.keepalive:
+        body["keep_alive"] = opts.keepalive
+    if opts.think is not None:
+        body["think"] = opts.think
+    client.json("POST", "/api/generate", body)
+    from .repl import Repl
+
     Repl(client, model, opts).loop()
 
 
-class Repl:
-    def __init__(self, client: Client, model: str, opts: RunOptions):
-        self.client, self.model, self.opts = client, model, opts
-        self.messages: list[dict] = []
-
-    def _read(self) -> str | None:
-        try:
-            line = input(">>> ")
-        except EOFError:
-            return None
-        if line.strip().startswith('"""'):
-            parts = [line.strip()[3:]]
-            while not parts[-1].rstrip().endswith('"""') or len(parts) == 1 and parts[0].rstrip() == "":
-                try:
-                    parts.append(input("... "))
-                except EOFError:
-                    return None
-                if parts[-1].rstrip().endswith('"""'):
-                    break
-            text = "\n".join(parts)
-            return text.rstrip()[:-3] if text.rstrip().endswith('"""') else text
-        return line
-
-    def loop(self) -> None:
-        while True:
-            try:
-                line = self._read()
-            except KeyboardInterrupt:
-                print("\nUse Ctrl + d or /bye to exit.")
-                continue
-            if line is None:
-                print()
-                return
-            if not line.strip():
-                continue
-            if line.startswith("/"):
-                if self._command(line.strip()):
-                    return
-                continue
-            self.messages.append({"role": "user", "content": line})
-            msgs = ([{"role": "system", "content": self.opts.system}] if self.opts.system else []) + self.messages
-            try:
-                reply = _chat_once(self.client, self.model, msgs, self.opts)
-            except KeyboardInterrupt:  # stop this answer, stay in the chat
-                print()
-                self.messages.pop()
-                continue
-            except ClientError as exc:
-                print(f"Error: {exc}")
-                self.messages.pop()
-                continue
-            self.messages.append({"role": "assistant", "content": reply})
-
-    def _command(self, line: str) -> bool:
-        """Handles a /command; True means leave."""
-        args = line.split()
-        cmd = args[0]
-        if cmd in ("/bye", "/exit"):
-            return True
-        if cmd in ("/?", "/help"):
-            print(SET_HELP if len(args) > 1 and args[1] == "set" else HELP)
-        elif cmd == "/clear":
-            self.messages.clear()
-            print("Cleared session context")
-        elif cmd == "/set":
-            self._set(line, args)
-        elif cmd == "/show":
-            self._show(args)
-        elif cmd == "/load" and len(args) == 2:
-            try:
-                _ensure_model(self.client, args[1])
-            except ClientError as exc:
-                print(f"Error: {exc}")
-                return False
-            self.model = args[1]
-            self.messages.clear()
-            print(f"Loading model '{self.model}'")
-        elif cmd == "/save" and len(args) == 2:
-            self._save(args[1])
-        else:
-            print(f"Unknown command '{cmd}'. Type /? for help")
-        return False
-
-    def _set(self, line: str, args: list[str]) -> None:
-        if len(args) < 2:
-            print(SET_HELP)
-            return
-        what = args[1]
-        if what == "parameter" and len(args) >= 4:
-            name, raw = args[2], " ".join(args[3:])
-            from modelfiles import OptionError, parse_parameter
-
-            try:
-                value = parse_parameter(name, raw)
-            except OptionError as exc:
-                print(f"Couldn't set parameter: {exc}")
-                return
-            if name == "stop":
-                self.opts.options.setdefault("stop", []).append(value if isinstance(value, str) else value[0])
-            else:
-                self.opts.options[name] = value
-            print(f"Set parameter '{name}' to '{raw}'")
-        elif what == "system":
-            self.opts.system = line.split(None, 2)[2].strip().strip('"') if len(args) > 2 else ""
-            print("Set system message.")
-        elif what in ("verbose", "quiet"):
-            self.opts.verbose = what == "verbose"
-            print(f"Set '{what}' mode.")
-        elif what in ("wordwrap", "nowordwrap"):
-            self.opts.wordwrap = what == "wordwrap"
-            print(f"Set '{what}' mode.")
-        elif what == "think":
-            self.opts.think = args[2] if len(args) > 2 else True  # a level; the server checks it
-            print(f"Set 'think' mode to '{args[2]}'." if len(args) > 2 else "Set 'think' mode.")
-        elif what == "nothink":
-            self.opts.think = False
-            print("Set 'nothink' mode.")
-        elif what == "format" and len(args) > 2:
-            self.opts.format = args[2]
-            print(f"Set format to '{args[2]}' mode.")
-        elif what == "noformat":
-            self.opts.format = None
-            print("Disabled format.")
-        else:
-            print(SET_HELP)
-
-    def _show(self, args: list[str]) -> None:
-        from .show_cmd import print_show
-
-        try:
-            info = self.client.json("POST", "/api/show", {"model": self.model})
-        except ClientError as exc:
-            print(f"Error: {exc}")
-            return
-        what = args[1] if len(args) > 1 else "info"
-        if what == "info":
-            print_show(info)
-        elif what in ("license", "modelfile", "parameters", "system", "template"):
-            print(info.get(what, "") or f"No {what} was specified for this model.")
-        else:
-            print("Available: /show info|license|modelfile|parameters|system|template")
-
-    def _save(self, name: str) -> None:
-        body = {"model": name, "from": self.model, "messages": self.messages}
-        if self.opts.system:
-            body["system"] = self.opts.system
-        if self.opts.options:
-            body["parameters"] = self.opts.options
-        try:
-            for _ in self.client.stream("/api/create", body):
-                pass
-        except ClientError as exc:
-            print(f"Error: {exc}")
-            return
-        print(f"Created new model '{name}'")
-
-
-__all__ = ["RunOptions", "run_model", "json"]
+__all__ = ["RunOptions", "chat_once", "parse_think", "parse_truncate", "print_stats", "run_model"]
