@@ -49,20 +49,31 @@ fi
 # unfixed upstream); the AVX-512 kernels serve those CPUs instead. The flags only mean something on x86.
 no_amx=""
 if [ "$build" = cpu ] && [ "$(uname -m)" = x86_64 ]; then no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"; fi
-llama_wanted() {  # true when llama-cpp-python is to be installed: not our version, or AMX kernels where
-  # this build leaves them out (an install from before that rule, or a wheel from pip's cache)
+llama_wanted() {  # true when llama-cpp-python is to be installed: not our version, a build without ggml's
+  # RPC backend (`lm worker` and LM_RPC_WORKERS need libggml-rpc), or AMX kernels where this build leaves
+  # them out (an install from before these rules, or a wheel from pip's cache)
   local have
-  have=$("$venv/bin/python" -c "import llama_cpp as l; print(l.__version__ + (' amx' if b'AMX_INT8 = 1' in l.llama_print_system_info() else ''))" 2>/dev/null || true)
-  [ "${have% amx}" != "$llama_version" ] || { [ -n "$no_amx" ] && [ "$have" != "${have% amx}" ]; }
+  have=$("$venv/bin/python" - 2>/dev/null <<'PY' || true
+import glob, os, llama_cpp as l
+flags = [l.__version__]
+if not glob.glob(os.path.join(os.path.dirname(l.__file__), "lib", "*ggml-rpc*")): flags.append("norpc")
+if b"AMX_INT8 = 1" in l.llama_print_system_info(): flags.append("amx")
+print(" ".join(flags))
+PY
+)
+  case "$have " in "$llama_version "*) ;; *) return 0 ;; esac
+  case " $have " in *" norpc "*) return 0 ;; esac
+  if [ -n "$no_amx" ]; then case " $have " in *" amx "*) return 0 ;; esac; fi
+  return 1
 }
 if llama_wanted; then
   echo ">>> installing llama-cpp-python $llama_version ($build build; compiling takes a few minutes the first time)"
   case "$build" in
-    cuda)  CMAKE_ARGS="-DGGML_CUDA=on" "${pip[@]}" --no-cache-dir "llama-cpp-python==$llama_version" ;;
-    metal) CMAKE_ARGS="-DGGML_METAL=on" "${pip[@]}" "llama-cpp-python==$llama_version" ;;
-    cpu)   cpu_env=(env CFLAGS="${CFLAGS:-} $no_amx" CXXFLAGS="${CXXFLAGS:-} $no_amx")
+    cuda)  CMAKE_ARGS="-DGGML_CUDA=on -DGGML_RPC=on" "${pip[@]}" --force-reinstall --no-cache-dir "llama-cpp-python==$llama_version" ;;
+    metal) CMAKE_ARGS="-DGGML_METAL=on -DGGML_RPC=on" "${pip[@]}" --force-reinstall "llama-cpp-python==$llama_version" ;;
+    cpu)   cpu_env=(env CMAKE_ARGS="-DGGML_RPC=on" CFLAGS="${CFLAGS:-} $no_amx" CXXFLAGS="${CXXFLAGS:-} $no_amx")
            "${cpu_env[@]}" "${pip[@]}" "llama-cpp-python==$llama_version"
-           if llama_wanted; then  # pip kept or reused a build with AMX: build afresh
+           if llama_wanted; then  # pip kept or reused a build without RPC or with AMX: build afresh
              "${cpu_env[@]}" "${pip[@]}" --force-reinstall --no-deps --no-cache-dir "llama-cpp-python==$llama_version"
            fi ;;
     *) echo "install.sh: LM_BUILD must be cpu, cuda or metal" >&2; exit 2 ;;
