@@ -24,6 +24,7 @@ import pytest
 
 from runner.rpc import WorkerError, parse_endpoint, probe
 from tests.conftest import REPO, Daemon, create_bundled, free_port
+from tests.test_faults import runner_pids
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
 needs_nginx = pytest.mark.skipif(NGINX is None, reason="no nginx: scripts/test.sh installs Debian's (apt-get install nginx)")
@@ -262,3 +263,29 @@ def test_a_daemon_killed_mid_run_sends_the_requests_not_yet_started_elsewhere(fl
     for status, _, body in results:
         assert status in (0, 200, 502), (status, body)
     assert proxy.get("/api/version")[0] == 200
+
+
+# ---------------------------------------------------------------- replicas and settings
+
+def test_replicas_auto_with_one_device_is_one_copy(make_daemon, tiny_gguf):
+    d = make_daemon({"LM_REPLICAS": "auto", "LM_NUM_PARALLEL": "2", "LM_CONTEXT_LENGTH": "256"})
+    d.create_from_gguf("tiny", tiny_gguf)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: d.post("/api/generate", {"model": "tiny", "prompt": f"r{i}", "stream": False,
+                                                                     "options": {"num_predict": 3}}), range(4)))
+    assert all(status == 200 and body["done"] for status, body in results), results
+    model, = d.get("/api/ps")[1]["models"]
+    assert "replicas" not in model and model["kv_cache"]["slots"] == 2  # one runner, as without the setting
+    assert len(runner_pids(d.proc.pid)) == 1
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"LM_REPLICAS": "two"}, "LM_REPLICAS must be auto or a positive integer"),
+    ({"LM_REPLICAS": "0"}, "LM_REPLICAS must be auto or a positive integer"),
+    ({"LM_RPC_WORKERS": "10.0.0.2"}, "LM_RPC_WORKERS: invalid RPC worker address '10.0.0.2'"),
+])
+def test_bad_fleet_settings_stop_the_daemon_with_a_message(tmp_path, env, message):
+    result = subprocess.run([sys.executable, "-m", "runner.cli", "serve"], cwd=REPO, capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "LM_HOST": f"127.0.0.1:{free_port()}",
+                                             "LM_MODELS": str(tmp_path), **env})
+    assert result.returncode != 0 and message in result.stderr

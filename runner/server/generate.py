@@ -399,10 +399,12 @@ async def ps(request: web.Request) -> web.Response:
     models = []
     for lm in request.app["scheduler"].loaded.values():
         p = lm.placement
+        # all replicas together (LM_REPLICAS: a copy per GPU), as the memory they take
+        size, size_vram = sum(r.placement.size for r in lm.replicas), sum(r.placement.size_vram for r in lm.replicas)
         models.append({
-            "name": lm.config.display, "model": lm.config.display, "size": p.size, "digest": lm.config.digest,
-            "details": model_details(store, lm.config.stored), "expires_at": _expires(lm), "size_vram": p.size_vram,
-            "context_length": lm.num_ctx, "processor": processor_label(p.size, p.size_vram),
+            "name": lm.config.display, "model": lm.config.display, "size": size, "digest": lm.config.digest,
+            "details": model_details(store, lm.config.stored), "expires_at": _expires(lm), "size_vram": size_vram,
+            "context_length": lm.num_ctx, "processor": processor_label(size, size_vram),
             # Beyond Ollama's fields: where the GPU share lies, and what the KV cache costs
             "gpus": placement_devices(p),
             "kv_cache": {"type": p.kv_type, "slots": p.parallel, "bytes_per_slot": p.kv_bytes_per_slot},
