@@ -117,3 +117,49 @@ def offload_devices(endpoints: list[str]) -> tuple[list[Device], ctypes.Array]:
         remote += add_rpc_server(endpoint)
     chosen = local + remote
     return chosen, (ctypes.c_void_p * (len(chosen) + 1))(*(d.handle for d in chosen), None)
+
+
+# A worker's host that vanishes (powered off, a network cut) sends no reset: libggml-rpc's blocking
+# recv on its socket would wait for ever, and the model's requests with it. Keepalive probes and a
+# user timeout on those sockets make the kernel fail the connection instead (libggml-rpc then aborts
+# the runner, and the daemon reports the worker lost). A worker busy computing still answers the
+# probes (its kernel does), so a long step is never cut.
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 10, 5, 3  # seconds, seconds, probes
+USER_TIMEOUT_MS = 30_000  # data unacknowledged this long fails the connection
+
+
+def harden_rpc_sockets(endpoints: list[str]) -> int:
+    """Sets keepalive and a user timeout on this process's TCP connections to `endpoints`; how many."""
+    import socket
+
+    from .rpc import parse_endpoint
+
+    peers = set()
+    for text in endpoints:
+        endpoint = parse_endpoint(text)
+        try:
+            for *_, addr in socket.getaddrinfo(endpoint.host, endpoint.port, proto=socket.IPPROTO_TCP):
+                peers.add((addr[0], addr[1]))
+        except OSError:
+            continue
+    done = 0
+    for name in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else []:
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            sock = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue
+        with sock:
+            try:
+                if sock.type != socket.SOCK_STREAM or tuple(sock.getpeername()[:2]) not in peers:
+                    continue
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                for option, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+                                      ("TCP_KEEPCNT", KEEPALIVE_COUNT), ("TCP_USER_TIMEOUT", USER_TIMEOUT_MS)):
+                    if hasattr(socket, option):  # Linux; macOS has only some of them
+                        sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+                done += 1
+            except OSError:
+                continue
+    return done

@@ -69,6 +69,17 @@ def workers(tmp_path):
         w.kill()
 
 
+def keepalive_peer_ports() -> set[int]:
+    """Remote ports of this host's established TCP connections whose keepalive timer runs (/proc/net/tcp:
+    state 01, timer 2)."""
+    ports = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "01" and fields[5].split(":")[0] == "02":
+            ports.add(int(fields[2].split(":")[1], 16))
+    return ports
+
+
 def generate(d: Daemon, model: str, **extra) -> tuple[int, dict]:
     return d.post("/api/generate", {"model": model, "prompt": PROMPT, "stream": False, "options": GREEDY, **extra},
                   timeout=240)
@@ -107,6 +118,8 @@ def test_a_model_split_across_two_workers_answers_as_the_local_run(make_daemon, 
     assert re.search(rf"loading smollm2:135m .*RPC\[{workers[0].endpoint}\]#0 .*\(\d+ layers\), "
                      rf"RPC\[{workers[1].endpoint}\]#0 .*\(\d+ layers\)", log)
     assert "RPC worker" not in log  # no worker error so far
+    # the runner's connections to the workers probe their peer (a vanished host fails them, not hangs)
+    assert {w.port for w in workers} <= keepalive_peer_ports()
     listing = remote.cli("ps")
     assert listing.returncode == 0 and f"RPC[{workers[1].endpoint}]#0" in listing.stdout
 

@@ -97,6 +97,12 @@ class LoadedModel:
         self.model = ll.llama_model_load_from_file(path.encode(), mparams)
         if not self.model:
             raise ModelLoadError(f"llama.cpp could not load the model file {path}")
+        if cfg.rpc_workers:
+            from ..ggml_backend import harden_rpc_sockets
+
+            # libggml-rpc holds one connection per worker while the model's buffers live there
+            hardened = harden_rpc_sockets(list(cfg.rpc_workers))
+            print(f"keepalive on {hardened} RPC worker connection(s)", file=sys.stderr, flush=True)
         self.vocab = ll.llama_model_get_vocab(self.model)
         self.n_vocab = ll.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train = ll.llama_model_n_ctx_train(self.model)
