@@ -71,8 +71,9 @@ def _device(handle: int) -> Device:
     base, _ = libs()
     free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
     base.ggml_backend_dev_memory(handle, ctypes.byref(free), ctypes.byref(total))
-    return Device(handle, base.ggml_backend_dev_name(handle).decode(), base.ggml_backend_dev_description(handle).decode(),
-                  DEVICE_TYPES.get(base.ggml_backend_dev_type(handle), "?"), free.value, total.value)
+    name, description = base.ggml_backend_dev_name(handle), base.ggml_backend_dev_description(handle)
+    kind = DEVICE_TYPES.get(base.ggml_backend_dev_type(handle), "?")
+    return Device(handle, name.decode(), description.decode(), kind, free.value, total.value)
 
 
 def devices() -> list[Device]:

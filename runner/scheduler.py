@@ -383,4 +383,5 @@ def placement_devices(placement: Placement) -> list[dict]:
     return out
 
 
-__all__ = ["Scheduler", "ServerBusy", "LoadedModel", "Lease", "Replica", "RunnerError", "device_label", "placement_devices"]
+__all__ = ["Scheduler", "ServerBusy", "LoadedModel", "Lease", "Replica", "RunnerError", "device_label",
+           "placement_devices"]

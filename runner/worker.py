@@ -14,9 +14,6 @@ import sys
 
 from .rpc import Endpoint, WorkerError, is_loopback, parse_endpoint
 
-DEFAULT_LISTEN = "127.0.0.1:50052"  # rpc-server's default port
-
-
 def check_listen(listen: str, allow_public: bool) -> Endpoint:
     """The address to listen on; WorkerError for a malformed one, or a public one without allow_public."""
     endpoint = parse_endpoint(listen)

@@ -27,7 +27,8 @@ from tests.conftest import REPO, Daemon, create_bundled, free_port
 from tests.test_faults import runner_pids
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
-needs_nginx = pytest.mark.skipif(NGINX is None, reason="no nginx: scripts/test.sh installs Debian's (apt-get install nginx)")
+needs_nginx = pytest.mark.skipif(NGINX is None,
+                                 reason="no nginx: scripts/test.sh installs Debian's (apt-get install nginx)")
 GREEDY = {"temperature": 0, "seed": 1, "num_predict": 24}
 PROMPT = "Name three colours of the rainbow."
 
@@ -89,8 +90,8 @@ def test_worker_refuses_a_public_bind_without_the_flag(tmp_path):
     result = subprocess.run([sys.executable, "-m", "runner.cli", "worker", "--listen", "0.0.0.0:50999"], cwd=REPO,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "no authentication" in result.stderr and "--allow-public" in result.stderr
-    result = subprocess.run([sys.executable, "-m", "runner.cli", "worker", "--listen", "127.0.0.1:1", "--device", "GPU9"],
-                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "runner.cli", "worker", "--listen", "127.0.0.1:1",
+                             "--device", "GPU9"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "unknown device 'GPU9'" in result.stderr and "CPU" in result.stderr
 
 
@@ -154,7 +155,8 @@ class Nginx:
         text = text.replace("10.0.0.11:11434", upstreams[0]).replace("10.0.0.12:11434", upstreams[1])
         text = text.replace("127.0.0.1:8080", f"127.0.0.1:{self.port}")
         (prefix / "fleet.conf").write_text(text)
-        temp = "".join(f"    {kind}_temp_path {prefix}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        temp = "".join(f"    {kind}_temp_path {prefix}/{kind};\n"
+                       for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
         (prefix / "nginx.conf").write_text(
             f"worker_processes 1;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log info;\n"
             "events { worker_connections 1024; }\n"
@@ -231,7 +233,8 @@ def test_sixty_four_concurrent_requests_spread_over_both_daemons(fleet):
     served = {upstream for _, upstream, _ in results}
     assert served == {f"127.0.0.1:{d.port}" for d in daemons}  # least_conn used both
     # streaming passes through unbuffered: an NDJSON stream arrives as lines, the last one done
-    status, _, raw = proxy.request("POST", "/api/generate", {"model": "tiny", "prompt": "hi", "options": {"num_predict": 3}})
+    status, _, raw = proxy.request("POST", "/api/generate",
+                                   {"model": "tiny", "prompt": "hi", "options": {"num_predict": 3}})
     lines = [json.loads(line) for line in raw.splitlines() if line.strip()]
     assert status == 200 and len(lines) >= 2 and lines[-1]["done"]
 

@@ -55,12 +55,15 @@ def serve() -> None:
 
 
 @app.command()
-def worker(listen: str = typer.Option("127.0.0.1:50052", "--listen", help="host:port to serve ggml RPC on"),
-           device: Optional[list[str]] = typer.Option(None, "--device", help="A device to serve (CPU, CUDA0, ...); repeatable"),
+def worker(listen: str = typer.Option("127.0.0.1:50052", "--listen",  # llama.cpp's rpc-server's port
+                                      help="host:port to serve ggml RPC on"),
+           device: Optional[list[str]] = typer.Option(None, "--device",
+                                                      help="A device to serve (CPU, CUDA0, ...); repeatable"),
            threads: int = typer.Option(0, "--threads", help="CPU threads (0: all cores)"),
            cache: Optional[Path] = typer.Option(None, "--cache", help="Directory to cache large tensors in"),
-           allow_public: bool = typer.Option(False, "--allow-public",
-                                             help="Listen on a non-loopback address (ggml RPC has no authentication)")) -> None:
+           allow_public: bool = typer.Option(
+               False, "--allow-public", help="Listen on a non-loopback address (ggml RPC has no authentication)"),
+           ) -> None:
     """Serve this host's devices to daemons elsewhere (their LM_RPC_WORKERS) through ggml's RPC server."""
     from ..worker import serve as serve_worker
 
