@@ -305,3 +305,61 @@ def test_bad_fleet_settings_stop_the_daemon_with_a_message(tmp_path, env, messag
                             timeout=60, env={**os.environ, "LM_HOST": f"127.0.0.1:{free_port()}",
                                              "LM_MODELS": str(tmp_path), **env})
     assert result.returncode != 0 and message in result.stderr
+
+
+def test_the_scheduler_spreads_requests_over_two_real_replicas(make_daemon, tiny_gguf, monkeypatch):
+    """The replica path of runner/scheduler.py with two real runners of the tiny model. The planner gives a
+    CPU host one copy (LM_REPLICAS needs GPUs that each hold the model), so the two copies are started
+    here from two CPU placements, through the scheduler's own _load; the rest is its public path."""
+    import asyncio
+
+    from registry import ModelName, Store
+    from runner.config import Settings
+    from runner.memory import ModelShape, place
+    from runner.model_config import load_model_config
+    from runner.scheduler import Scheduler, placement_devices
+
+    d = make_daemon()
+    d.create_from_gguf("tiny", tiny_gguf)
+    d.stop()
+    monkeypatch.setenv("LM_MODELS", str(d.models_dir))
+    monkeypatch.setenv("LM_NUM_PARALLEL", "2")
+    settings = Settings.from_env()
+    config = load_model_config(Store(settings.models_dir), ModelName.parse("tiny"))
+
+    async def scenario():
+        sched = Scheduler(settings)
+        num_ctx = sched._num_ctx(config, {})
+        shape = ModelShape.from_gguf(config.gguf)
+        copies = [place(shape, num_ctx=num_ctx, kv_type="f16", num_gpu=None, parallel=2) for _ in range(2)]
+        try:
+            loaded = await sched._load(config, {}, copies, num_ctx, None, None)
+            leases = [await sched.acquire(config, {}, None) for _ in range(4)]
+            assert [loaded.replicas.index(lease.replica) for lease in leases] == [0, 1, 0, 1]  # by free slots
+            assert loaded.active == 4 and [r.active for r in loaded.replicas] == [2, 2] and loaded.slots == 4
+            assert len({lease.proc.pid for lease in leases}) == 2
+            for lease in leases[:2]:  # each copy generates
+                batches = [b async for b in lease.proc.completion_batches(
+                    {"prompt": "hi", "options": {"num_predict": 2}})]
+                assert batches[-1][-1]["done"]
+            for lease in leases:
+                sched.release(lease)
+            assert loaded.active == 0 and loaded.idle.is_set()
+            assert placement_devices(loaded.replicas[1].placement) == []  # CPU copies: no GPU share
+
+            # One copy dies: the model is forgotten (the next request loads it again), the other copy stops
+            # once idle, and nothing is left running.
+            lease = await sched.acquire(config, {}, None)
+            os.kill(lease.proc.pid, signal.SIGKILL)
+            sched.release(lease)
+            await sched.reap_if_dead(lease, failed=True)
+            assert config.key not in sched.loaded
+            for _ in range(100):
+                if not any(r.proc.alive for r in loaded.replicas):
+                    break
+                await asyncio.sleep(0.05)
+            assert not any(r.proc.alive for r in loaded.replicas)
+        finally:
+            await sched.shutdown()
+
+    asyncio.run(scenario())
