@@ -8,6 +8,7 @@ host's memory: it listens on loopback unless told otherwise, and a public addres
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import sys
@@ -15,8 +16,16 @@ import sys
 from .rpc import Endpoint, WorkerError, is_loopback, parse_endpoint
 
 def check_listen(listen: str, allow_public: bool) -> Endpoint:
-    """The address to listen on; WorkerError for a malformed one, or a public one without allow_public."""
+    """The address to listen on; WorkerError for a malformed one, or a public one without allow_public.
+    ggml's server takes an IPv4 address only: 'localhost' becomes 127.0.0.1, other names are refused."""
     endpoint = parse_endpoint(listen)
+    if endpoint.host == "localhost":
+        endpoint = Endpoint("127.0.0.1", endpoint.port)
+    try:
+        ipaddress.IPv4Address(endpoint.host)
+    except ValueError:
+        raise WorkerError(f"--listen needs an IPv4 address, not {endpoint.host!r} (ggml's RPC server "
+                          "resolves no names)") from None
     if not allow_public and not is_loopback(endpoint.host):
         raise WorkerError(f"refusing to serve ggml RPC on {endpoint.host}: it has no authentication and gives "
                           "its peer this host's memory. Listen on 127.0.0.1 and reach it through an SSH tunnel, "

@@ -42,10 +42,13 @@ def test_a_public_bind_needs_the_explicit_flag():
     assert is_loopback("127.0.0.1") and is_loopback("127.3.2.1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.5") and not is_loopback("example.org")
     assert check_listen("127.0.0.1:50052", allow_public=False) == Endpoint("127.0.0.1", 50052)
-    for host in ("0.0.0.0", "10.0.0.5", "worker.lan"):
+    assert check_listen("localhost:50052", allow_public=False) == Endpoint("127.0.0.1", 50052)
+    for host in ("0.0.0.0", "10.0.0.5"):
         with pytest.raises(WorkerError, match="no authentication"):
             check_listen(f"{host}:50052", allow_public=False)
         assert check_listen(f"{host}:50052", allow_public=True).host == host
+    with pytest.raises(WorkerError, match="needs an IPv4 address"):  # ggml's server resolves no names
+        check_listen("worker.lan:50052", allow_public=True)
 
 
 def test_worker_serves_named_devices_else_gpus_else_the_cpu():
