@@ -198,6 +198,11 @@ class Settings:
     # the GPU computes the other's step (None: the default, on where the model is on a GPU; true: on the
     # CPU too, where it gains nothing but runs the same engine path)
     pipeline: bool | None = None
+    # LM_RPC_WORKERS: ggml RPC workers (`lm worker`, "host:port") whose devices models are placed on too
+    rpc_workers: tuple[str, ...] = ()
+    # LM_REPLICAS: copies of a model that fits one GPU, one per GPU, requests spread by free slots
+    # ("auto": one per GPU; 1: one copy, as before)
+    replicas: int | str = 1
 
     @property
     def engine_kv(self) -> tuple[str, str]:
@@ -243,6 +248,8 @@ class Settings:
             gpu_sampling=env_tristate("GPU_SAMPLING"),
             gpu_top_k=env_int("GPU_TOPK", 0),
             pipeline=env_tristate("PIPELINE"),
+            rpc_workers=_rpc_workers(),
+            replicas=_replicas(),
         )
 
     @property
@@ -258,3 +265,21 @@ def client_base_url() -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"{scheme}://{host}:{port}"
+
+
+def _rpc_workers() -> tuple[str, ...]:
+    from .rpc import WorkerError, parse_workers
+
+    try:
+        return tuple(str(e) for e in parse_workers(env("RPC_WORKERS")))
+    except WorkerError as exc:
+        raise SystemExit(f"Error: LM_RPC_WORKERS: {exc}") from None
+
+
+def _replicas() -> int | str:
+    value = (env("REPLICAS") or "1").strip().lower()
+    if value == "auto":
+        return value
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    raise SystemExit(f"Error: LM_REPLICAS must be auto or a positive integer, got {value!r}")

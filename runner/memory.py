@@ -33,7 +33,19 @@ def gpu_backend() -> str:
             return "cpu"
     except Exception:  # no usable llama.cpp: placement is moot, the runner will report the error
         return "cpu"
-    return "metal" if sys.platform == "darwin" else "cuda"
+    if sys.platform == "darwin":
+        return "metal"
+    # A build with ggml's RPC backend "supports GPU offload" on any host (to RPC devices): CUDA is there
+    # only where its backend library is installed.
+    lib = os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
+    return "cuda" if any(n.startswith("libggml-cuda") for n in _listdir(lib)) else "cpu"
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
 
 
 # -- GPU discovery ------------------------------------------------------------------------------
@@ -176,6 +188,9 @@ class Placement:
     main_gpu: int = 0
     tensor_split: tuple[float, ...] = ()  # per CUDA ordinal, for split_mode "layer"
     gpus: tuple[tuple[int, int], ...] = field(default=())  # (CUDA ordinal, estimated bytes) per GPU used
+    # With RPC workers: the runner's device list, by name ("CUDA0", ..., then "RPC[host:port]#0", ...);
+    # the indices above (main_gpu, tensor_split, gpus) are positions in it. Empty: llama.cpp's own list.
+    devices: tuple[str, ...] = ()
 
     @property
     def size(self) -> int:
@@ -192,6 +207,39 @@ class Placement:
     def kv_bytes_per_slot(self) -> int:
         return self.kv_bytes // max(self.parallel, 1)
 
+    @property
+    def remote(self) -> bool:
+        """Some of the model is on RPC workers' devices."""
+        return any(self.devices[i].startswith("RPC") for i, _ in self.gpus if i < len(self.devices))
+
+    def layers_by_device(self) -> dict[int, int]:
+        """Layers (the output layer counted as one) per device index used, as llama.cpp assigns them."""
+        if self.gpu_layers <= 0 or not self.gpus:
+            return {}
+        if self.split_mode != "layer" or not self.tensor_split:
+            return {self.main_gpu: min(self.gpu_layers, self.n_layers + 1)}
+        return layers_per_device(self.n_layers, self.gpu_layers, self.tensor_split)
+
+
+def layers_per_device(n_layers: int, gpu_layers: int, tensor_split: tuple[float, ...]) -> dict[int, int]:
+    """llama.cpp's split (llama-model.cpp, load_tensors): the last `gpu_layers` of the n_layers + 1 (the
+    output layer last) go to the devices in order, each taking the run up to its cumulative share."""
+    total = sum(tensor_split)
+    if total <= 0:
+        return {}
+    bounds, running = [], 0.0
+    for share in tensor_split:
+        running += share
+        bounds.append(running / total)
+    offloaded = min(gpu_layers, n_layers + 1)
+    start = n_layers + 1 - offloaded
+    counts: dict[int, int] = {}
+    for layer in range(start, n_layers + 1):
+        position = (layer - start) / offloaded
+        device = next((i for i, b in enumerate(bounds) if b > position), len(bounds) - 1)
+        counts[device] = counts.get(device, 0) + 1
+    return counts
+
 
 def _cpu_placement(shape: ModelShape, per_token: int, num_ctx: int, slots: int, kv_type: str,
                    gpu_layers: int = 0) -> Placement:
@@ -202,7 +250,7 @@ def _cpu_placement(shape: ModelShape, per_token: int, num_ctx: int, slots: int, 
 
 def plan_gpus(shape: ModelShape, gpus: list[GpuInfo], *, num_ctx: int, kv_type: str = "f16",
               parallel: int | None = None, num_gpu: int | None = None, main_gpu: int | None = None,
-              spread: bool = False, margin: int = SAFETY_MARGIN) -> Placement:
+              spread: bool = False, margin: int = SAFETY_MARGIN, remote_from: int | None = None) -> Placement:
     """Where a model goes on CUDA GPUs. Pure: no I/O, so tests give it the numbers.
 
     A model that fits one GPU whole goes on one (the one with the most free memory, or `main_gpu`):
@@ -210,7 +258,9 @@ def plan_gpus(shape: ModelShape, gpus: list[GpuInfo], *, num_ctx: int, kv_type: 
     across all GPUs, each getting a share proportional to its free memory, so that each fills alike.
     What fits nowhere whole is offloaded in part (the first layers stay on the CPU), across all GPUs.
     `num_gpu` (Ollama's option: layers to offload; 0 keeps the model on the CPU) overrides the count.
-    Slots: `parallel`, or as many as fit beside the weights (CPU_SLOTS..MAX_GPU_SLOTS)."""
+    Slots: `parallel`, or as many as fit beside the weights (CPU_SLOTS..MAX_GPU_SLOTS).
+    `remote_from`: devices from this index on are RPC workers'; a model that fits one local GPU stays on
+    it, before any remote one (no network between its layers)."""
     per_token = kv_bytes_per_token(shape, kv_type)
     min_slots = parallel or CPU_SLOTS
     if not gpus or num_gpu == 0:
@@ -227,7 +277,10 @@ def plan_gpus(shape: ModelShape, gpus: list[GpuInfo], *, num_ctx: int, kv_type: 
     want = n_all if num_gpu is None or num_gpu < 0 else min(num_gpu, n_all)
     by_index = sorted(gpus, key=lambda g: g.index)
     main = next((g for g in gpus if g.index == main_gpu), None)
-    singles = [main] if main else sorted(gpus, key=lambda g: (-usable[g.index], g.index))
+    def is_remote(g: GpuInfo) -> bool:
+        return remote_from is not None and g.index >= remote_from
+
+    singles = [main] if main else sorted(gpus, key=lambda g: (is_remote(g), -usable[g.index], g.index))
     candidates = [[g] for g in singles] if not (spread and len(gpus) > 1) else []
     if len(gpus) > 1 or not candidates:
         candidates.append(by_index)
@@ -268,11 +321,27 @@ def plan_gpus(shape: ModelShape, gpus: list[GpuInfo], *, num_ctx: int, kv_type: 
     return placement
 
 
+def plan_with_remote(shape: ModelShape, local: list[GpuInfo], remote: list, **kw) -> Placement:
+    """`plan_gpus` over this host's GPUs and RPC workers' devices (runner/rpc.RemoteDevice), numbered as
+    the runner lists them: the local GPUs first, then the workers' devices in LM_RPC_WORKERS order."""
+    n = len(local)
+    gpus = list(local) + [GpuInfo(n + i, d.free, d.total, d.name) for i, d in enumerate(remote)]
+    placement = plan_gpus(shape, gpus, remote_from=n, **kw)
+    placement.devices = tuple(f"CUDA{g.index}" for g in local) + tuple(d.name for d in remote)
+    if not placement.remote:  # it fits this host's GPUs: no workers, llama.cpp's own device list
+        placement.devices, placement.tensor_split = (), placement.tensor_split[:n]
+    return placement
+
+
 def place(shape: ModelShape, *, num_ctx: int, kv_type: str, num_gpu: int | None, parallel: int | None,
-          main_gpu: int | None = None, spread: bool = False) -> Placement:
-    """The placement on this machine now."""
+          main_gpu: int | None = None, spread: bool = False, remote: list | None = None) -> Placement:
+    """The placement on this machine now (and on the RPC workers' devices in `remote`)."""
     per_token = kv_bytes_per_token(shape, kv_type)
     backend = gpu_backend()
+    if remote:
+        local = gpu_devices() if backend == "cuda" else []
+        return plan_with_remote(shape, local, remote, num_ctx=num_ctx, kv_type=kv_type, parallel=parallel,
+                                num_gpu=num_gpu, main_gpu=main_gpu, spread=spread)
     if backend == "cpu":
         return _cpu_placement(shape, per_token, num_ctx, parallel or CPU_SLOTS, kv_type)
     if backend == "metal":  # one unified-memory device: llama.cpp offloads what it is told

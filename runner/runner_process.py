@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 import tempfile
 from collections import deque
@@ -134,12 +135,27 @@ class RunnerProcess:
                         last = batch[-1]
                         got_final = got_final or bool(last.get("done")) or "error" in last
                         yield batch
-                if rest.strip():
-                    raise RunnerError(CRASH_MESSAGE)  # the runner died mid-line
-                if not got_final:
-                    raise RunnerError(CRASH_MESSAGE)
+                if rest.strip() or not got_final:  # the runner died mid-line, or before its last line
+                    raise RunnerError(await self._crash_message())
         except (aiohttp.ClientError, json.JSONDecodeError, ConnectionError) as exc:
-            raise RunnerError(CRASH_MESSAGE) from exc
+            raise RunnerError(await self._crash_message()) from exc
+
+    async def _crash_message(self) -> str:
+        """Ollama's message for a runner that died; for one on RPC workers, which worker loss it was
+        (libggml-rpc aborts the runner when a worker's connection breaks, and says so on stderr)."""
+        if "--rpc" not in self.args or self.proc is None:
+            return CRASH_MESSAGE
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout=2)
+            await asyncio.sleep(0.05)  # let the stderr reader take the last lines
+        except asyncio.TimeoutError:
+            pass
+        # GGML_ABORT's lines start with the source file's path and line: keep disk paths out of errors
+        lines = [re.sub(r"\S*/\S+:\d+:\s*", "", line).strip() for line in self._stderr_tail if "RPC" in line]
+        if not lines:
+            return CRASH_MESSAGE
+        return ("lost the connection to an RPC worker, so the model runner stopped (" + lines[-1][-200:] +
+                "); the model loads again on the next request once every worker in LM_RPC_WORKERS answers")
 
     async def embed(self, inputs: list[str | list[int]], truncate: bool = True) -> tuple["np.ndarray", list[int], int]:
         """Raw (unnormalised) embeddings of `inputs` (texts or token ids), one row each; the token count of each input;

@@ -8,8 +8,10 @@ import time
 from dataclasses import dataclass, field
 
 from .config import Settings
-from .memory import ModelShape, Placement, available_ram, gpu_backend, place
+from .memory import ModelShape, Placement, available_ram, gpu_backend, gpu_devices, place
 from .model_config import ModelConfig
+from .replicas import pick_replica, plan_replicas
+from .rpc import WorkerError, parse_workers, probe_all
 from .runner_process import RunnerError, RunnerProcess
 
 log = logging.getLogger("lm.scheduler")
@@ -21,14 +23,21 @@ class ServerBusy(Exception):
 
 
 @dataclass
+class Replica:
+    """One runner process holding a copy of the model (one per GPU with LM_REPLICAS; usually the only one)."""
+    proc: RunnerProcess
+    placement: Placement
+    active: int = 0
+
+
+@dataclass
 class LoadedModel:
     config: ModelConfig
     num_ctx: int
     num_gpu: int | None
-    placement: Placement
-    proc: RunnerProcess
+    replicas: list[Replica]
     keep_alive: float
-    active: int = 0
+    active: int = 0  # requests on all replicas
     expires_at: float = FOREVER  # wall-clock time, for /api/ps
     _expiry: asyncio.TimerHandle | None = None
     idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -37,6 +46,62 @@ class LoadedModel:
     @property
     def key(self) -> str:
         return self.config.key
+
+    @property
+    def placement(self) -> Placement:  # the first copy's: what one copy costs, and where it lies
+        return self.replicas[0].placement
+
+    @property
+    def proc(self) -> RunnerProcess:
+        return self.replicas[0].proc
+
+    @property
+    def alive(self) -> bool:
+        return all(r.proc.alive for r in self.replicas)
+
+    @property
+    def slots(self) -> int:
+        return sum(r.placement.parallel for r in self.replicas)
+
+    @property
+    def holds_workers(self) -> bool:
+        """On RPC workers' devices: a worker serves one runner at a time (runner/rpc.py)."""
+        return any(r.placement.remote for r in self.replicas)
+
+
+@dataclass
+class Lease:
+    """One request's hold on a loaded model: the model, and the replica that serves the request."""
+    model: LoadedModel
+    replica: Replica
+
+    @property
+    def proc(self) -> RunnerProcess:
+        return self.replica.proc
+
+    @property
+    def placement(self) -> Placement:
+        return self.replica.placement
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @property
+    def key(self) -> str:
+        return self.model.key
+
+    @property
+    def num_ctx(self) -> int:
+        return self.model.num_ctx
+
+    @property
+    def keep_alive(self) -> float:
+        return self.model.keep_alive
+
+    @property
+    def active(self) -> int:
+        return self.model.active
 
 
 class Scheduler:
@@ -59,21 +124,25 @@ class Scheduler:
         value = options.get("main_gpu", config.parameters.get("main_gpu"))
         return None if value is None else int(value)
 
-    async def acquire(self, config: ModelConfig, options: dict, keep_alive: float | None) -> LoadedModel:
-        """A loaded runner for `config`, with this request counted as active on it."""
+    async def acquire(self, config: ModelConfig, options: dict, keep_alive: float | None) -> Lease:
+        """A loaded runner for `config` (the replica with the most free slots), with this request counted
+        as active on it."""
         key = config.key
         loaded = self.loaded.get(key)
-        slots = loaded.placement.parallel if loaded else (self.settings.num_parallel or 4)
+        slots = loaded.slots if loaded else (self.settings.num_parallel or 4)
         if self._inflight.get(key, 0) >= slots + self.settings.max_queue:
             raise ServerBusy("server busy, please try again.  maximum pending requests exceeded")
         self._inflight[key] = self._inflight.get(key, 0) + 1
         try:
             async with self._locks.setdefault(key, asyncio.Lock()):
                 lm = await self._ensure_loaded(config, options, keep_alive)
+                replica = lm.replicas[pick_replica([r.active for r in lm.replicas],
+                                                   [r.placement.parallel for r in lm.replicas])]
+                replica.active += 1
                 lm.active += 1
                 lm.idle.clear()
                 self._cancel_expiry(lm)
-                return lm
+                return Lease(lm, replica)
         except BaseException:
             self._inflight[key] -= 1
             raise
@@ -86,7 +155,7 @@ class Scheduler:
             stale = (lm.num_ctx != num_ctx or lm.config.digest != config.digest
                      or (num_gpu is not None and num_gpu != lm.num_gpu)
                      or (main_gpu is not None and main_gpu != lm.main_gpu))
-            if not lm.proc.alive:
+            if not lm.alive:
                 log.warning("runner for %s died; reloading", config.display)
                 await self._unload(lm)
             elif stale:
@@ -97,24 +166,42 @@ class Scheduler:
                     lm.keep_alive = keep_alive
                 return lm
         await self._make_room()
-        placement = self._place(config, num_ctx, num_gpu, main_gpu)
+        placements = await self._place(config, num_ctx, num_gpu, main_gpu)
         # Memory: a model that would not fit whole on the GPU (or in RAM) first evicts idle models.
-        while not self._fits(placement) and any(m.active == 0 for m in self.loaded.values()):
+        while not all(self._fits(p) for p in placements) and any(m.active == 0 for m in self.loaded.values()):
             await self._unload(min((m for m in self.loaded.values() if m.active == 0), key=lambda m: m.expires_at))
-            placement = self._place(config, num_ctx, num_gpu, main_gpu)
-        lm = await self._load(config, options, placement, num_ctx, num_gpu, keep_alive)
+            placements = await self._place(config, num_ctx, num_gpu, main_gpu)
+        lm = await self._load(config, options, placements, num_ctx, num_gpu, keep_alive)
         lm.main_gpu = main_gpu
         return lm
 
-    def _place(self, config: ModelConfig, num_ctx: int, num_gpu: int | None, main_gpu: int | None) -> Placement:
+    async def _remote_devices(self) -> list:
+        """The RPC workers' devices to plan with: none where no worker is set, or while another loaded
+        model holds the workers (a worker serves one runner at a time: this model then stays on this
+        host). A worker that does not answer fails the load with its reason: a model meant to span the
+        workers is not quietly loaded without one."""
+        endpoints = parse_workers(",".join(self.settings.rpc_workers))
+        if not endpoints or any(m.holds_workers for m in self.loaded.values()):
+            return []
+        try:
+            return await asyncio.to_thread(probe_all, endpoints)
+        except WorkerError as exc:
+            raise RunnerError(str(exc)) from None
+
+    async def _place(self, config: ModelConfig, num_ctx: int, num_gpu: int | None,
+                     main_gpu: int | None) -> list[Placement]:
+        """One placement per replica to start (one, unless LM_REPLICAS gives a model that fits one GPU
+        a copy on each)."""
         kv_type, _flash = self.settings.engine_kv
         shape = ModelShape.from_gguf(config.gguf)
         if config.is_encoder:
             shape = shape.without_kv_cache()
-        return place(
-            shape, num_ctx=num_ctx, kv_type=kv_type, num_gpu=num_gpu,
-            parallel=self.settings.num_parallel or None, main_gpu=main_gpu, spread=self.settings.sched_spread,
-        )
+        plan = dict(num_ctx=num_ctx, kv_type=kv_type, num_gpu=num_gpu, parallel=self.settings.num_parallel or None,
+                    main_gpu=main_gpu, spread=self.settings.sched_spread)
+        remote = await self._remote_devices()
+        if self.settings.replicas != 1 and not remote and gpu_backend() == "cuda":
+            return plan_replicas(shape, gpu_devices(), self.settings.replicas, **plan)
+        return [place(shape, remote=remote, **plan)]
 
     @staticmethod
     def _placement_args(placement: Placement, kv_type: str, flash: str) -> list[str]:
@@ -147,8 +234,23 @@ class Scheduler:
             victim = min(idle, key=lambda m: m.expires_at)
             await self._unload(victim)
 
-    async def _load(self, config: ModelConfig, options: dict, placement: Placement, num_ctx: int,
+    async def _load(self, config: ModelConfig, options: dict, placements: list[Placement], num_ctx: int,
                     num_gpu: int | None, keep_alive) -> LoadedModel:
+        """Starts a runner per placement (together); if one fails, none is left running."""
+        procs = [self._runner(config, options, p, num_ctx) for p in placements]
+        results = await asyncio.gather(*(p.start(self.settings.load_timeout) for p in procs), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            await asyncio.gather(*(p.stop() for p in procs), return_exceptions=True)
+            raise failed[0]
+        lm = LoadedModel(config, num_ctx, num_gpu, [Replica(proc, p) for proc, p in zip(procs, placements)],
+                         keep_alive if keep_alive is not None else self.settings.keep_alive)
+        lm.idle.set()
+        self.loaded[config.key] = lm
+        return lm
+
+    def _runner(self, config: ModelConfig, options: dict, placement: Placement, num_ctx: int) -> RunnerProcess:
+        """The runner process (not started yet) for one copy of the model at `placement`."""
         kv_type, flash = self.settings.engine_kv
         args = ["--ctx", str(num_ctx), "--parallel", str(placement.parallel),
                 *self._placement_args(placement, kv_type, flash)]
@@ -160,33 +262,36 @@ class Scheduler:
             args += ["--batch", str(int(batch))]
         if placement.gpu_layers > 0:
             args.append("--mixed-prefill")  # GPU: throughput over bit-exact batch invariance
-            if placement.gpu_layers > placement.n_layers:  # the output layer is on the GPU: sample there too
+            # the output layer is on a GPU of this host (not a worker's, across the network): sample there too
+            if placement.gpu_layers > placement.n_layers and not placement.remote:
                 if self.settings.gpu_sampling:
                     args.append("--backend-sampling")
                 elif self.settings.gpu_top_k > 0:
                     args += ["--backend-top-k", str(self.settings.gpu_top_k)]
         pipeline = self.settings.pipeline
-        if pipeline is None:
-            pipeline = placement.gpu_layers > 0
+        if pipeline is None:  # on a GPU; not across workers, whose one connection each step crosses
+            pipeline = placement.gpu_layers > 0 and not placement.remote
         if pipeline and placement.parallel >= 4 and placement.parallel % 2 == 0:
             args += ["--contexts", "2"]  # sample one half of the slots while the GPU runs the other
         if {"embedding", "rerank"} & set(config.capabilities):
             args.append("--embedding")  # an embedding model or reranker (BERT and kin): no generation context
         for adapter in config.adapters:  # LoRA layers, applied in manifest order
             args += ["--adapter", str(adapter)]
-        proc = RunnerProcess(config.model_path, args, debug=self.settings.debug)
-        gpus = ", ".join(f"GPU{i} {b / 2**30:.1f} GiB" for i, b in placement.gpus)
+        if placement.remote:  # the workers' devices follow this host's GPUs, as the plan numbered them
+            for endpoint in self.settings.rpc_workers:
+                args += ["--rpc", endpoint]
+        layers = placement.layers_by_device()
+        gpus = ", ".join(f"{device_label(placement, i)} {b / 2**30:.1f} GiB"
+                         + (f" ({layers[i]} layers)" if placement.devices and i in layers else "")
+                         for i, b in placement.gpus)
         log.info("loading %s (ctx %d, %d slots, %d GPU layers%s; KV cache %s, %.1f MiB per slot, flash attention %s)",
                  config.display, num_ctx, placement.parallel, placement.gpu_layers, f": {gpus}" if gpus else "",
                  kv_type, placement.kv_bytes_per_slot / 2**20, flash)
-        await proc.start(self.settings.load_timeout)
-        lm = LoadedModel(config, num_ctx, num_gpu, placement, proc,
-                         keep_alive if keep_alive is not None else self.settings.keep_alive)
-        lm.idle.set()
-        self.loaded[config.key] = lm
-        return lm
+        return RunnerProcess(config.model_path, args, debug=self.settings.debug)
 
-    def release(self, lm: LoadedModel) -> None:
+    def release(self, lease: Lease) -> None:
+        lease.replica.active -= 1
+        lm = lease.model
         lm.active -= 1
         self._inflight[lm.key] = max(self._inflight.get(lm.key, 1) - 1, 0)
         if lm.active > 0:
@@ -218,7 +323,7 @@ class Scheduler:
         self._cancel_expiry(lm)
         if self.loaded.get(lm.key) is lm:
             del self.loaded[lm.key]
-        await lm.proc.stop()
+        await asyncio.gather(*(r.proc.stop() for r in lm.replicas))
         log.info("unloaded %s", lm.config.display)
 
     async def unload(self, key: str) -> bool:
@@ -230,22 +335,53 @@ class Scheduler:
                 await self._unload(lm)
         return True
 
-    async def reap_if_dead(self, lm: LoadedModel, *, failed: bool = False) -> None:
+    async def reap_if_dead(self, lease: Lease, *, failed: bool = False) -> None:
         """After a runner error: forget a dead runner so the next request loads the model again.
 
         `failed`: the request saw the runner break. Its exit status reaches asyncio a moment after the
-        broken stream, so wait briefly for it; else the next request could be sent to the dead runner."""
-        if failed and lm.proc.alive:
+        broken stream, so wait briefly for it; else the next request could be sent to the dead runner.
+        Other replicas of the model finish their requests first, then stop with it."""
+        lm, proc = lease.model, lease.proc
+        if failed and proc.alive:
             try:
-                await asyncio.wait_for(lm.proc.proc.wait(), timeout=2)
+                await asyncio.wait_for(proc.proc.wait(), timeout=2)
             except asyncio.TimeoutError:
                 pass
-        if not lm.proc.alive and self.loaded.get(lm.key) is lm:
+        if not proc.alive and self.loaded.get(lm.key) is lm:
             del self.loaded[lm.key]
-            await lm.proc.stop()
+            self._cancel_expiry(lm)
+            await proc.stop()
+            if len(lm.replicas) > 1:
+                asyncio.ensure_future(self._retire(lm))
+
+    @staticmethod
+    async def _retire(lm: LoadedModel) -> None:
+        await lm.idle.wait()
+        await asyncio.gather(*(r.proc.stop() for r in lm.replicas), return_exceptions=True)
 
     async def shutdown(self) -> None:
         await asyncio.gather(*(self._unload(lm) for lm in list(self.loaded.values())), return_exceptions=True)
 
 
-__all__ = ["Scheduler", "ServerBusy", "LoadedModel", "RunnerError"]
+def device_label(placement: Placement, index: int) -> str:
+    """A device of a placement as the load log and /api/ps name it: GPU0, or the runner's device name."""
+    if placement.devices and index < len(placement.devices):
+        return placement.devices[index]
+    return f"GPU{index}"
+
+
+def placement_devices(placement: Placement) -> list[dict]:
+    """/api/ps's "gpus": each device a placement uses, its estimated bytes, and with RPC workers its name
+    and layer count (the split across hosts)."""
+    layers = placement.layers_by_device() if placement.devices else {}
+    out = []
+    for index, size in placement.gpus:
+        entry = {"id": index, "size_vram": size}
+        if placement.devices:
+            entry.update(name=device_label(placement, index), layers=layers.get(index, 0))
+        out.append(entry)
+    return out
+
+
+__all__ = ["Scheduler", "ServerBusy", "LoadedModel", "Lease", "Replica", "RunnerError", "device_label",
+           "placement_devices"]

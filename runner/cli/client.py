@@ -14,6 +14,9 @@ from typing import Iterator
 from ..config import client_base_url, env
 
 
+MODEL_HEADER = "X-LM-Model"
+
+
 class ClientError(Exception):
     """An error to print as one line; `status` is the HTTP status when the daemon answered."""
 
@@ -31,6 +34,10 @@ class Client:
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
+            if isinstance(body, dict) and isinstance(body.get("model"), str) and body["model"].isascii():
+                # A fleet's nginx routes on it, to keep a model's requests on the daemons that have it
+                # loaded (docs/operations.md); a header, so the proxy need not read the body.
+                headers[MODEL_HEADER] = body["model"]
         key = env("API_KEY")
         if key:
             headers["Authorization"] = f"Bearer {key}"

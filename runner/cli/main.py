@@ -55,6 +55,23 @@ def serve() -> None:
 
 
 @app.command()
+def worker(listen: str = typer.Option("127.0.0.1:50052", "--listen",  # llama.cpp's rpc-server's port
+                                      help="host:port to serve ggml RPC on"),
+           device: Optional[list[str]] = typer.Option(None, "--device",
+                                                      help="A device to serve (CPU, CUDA0, ...); repeatable"),
+           threads: int = typer.Option(0, "--threads", help="CPU threads (0: all cores)"),
+           cache: Optional[Path] = typer.Option(None, "--cache", help="Directory to cache large tensors in"),
+           allow_public: bool = typer.Option(
+               False, "--allow-public", help="Listen on a non-loopback address (ggml RPC has no authentication)"),
+           ) -> None:
+    """Serve this host's devices to daemons elsewhere (their LM_RPC_WORKERS) through ggml's RPC server."""
+    from ..worker import serve as serve_worker
+
+    raise typer.Exit(serve_worker(listen, device or [], allow_public=allow_public, threads=threads,
+                                  cache_dir=str(cache) if cache else None))
+
+
+@app.command()
 def create(name: str, file: Path = typer.Option(Path("Modelfile"), "-f", "--file", help="Name of the Modelfile"),
            quantize: Optional[str] = typer.Option(None, "-q", "--quantize", help="Quantize model to this level")) -> None:
     """Create a model from a Modelfile."""
@@ -172,7 +189,11 @@ def _processor(model: dict) -> str:
     gpus = model.get("gpus") or []
     total = sum(g.get("size_vram", 0) for g in gpus)
     if len(gpus) > 1 and total > 0:
-        label += " (" + ", ".join(f"{g['id']}: {round(100 * g['size_vram'] / total)}%" for g in gpus) + ")"
+        label += " (" + ", ".join(f"{g.get('name', g['id'])}: {round(100 * g['size_vram'] / total)}%" for g in gpus) + ")"
+    replicas = model.get("replicas") or []
+    if len(replicas) > 1:  # LM_REPLICAS: "100% GPU x2 (GPU 0, 1)"
+        on = ", ".join(str(r["gpus"][0]["id"]) if r.get("gpus") else "?" for r in replicas)
+        label += f" x{len(replicas)} (GPU {on})"
     return label
 
 

@@ -42,6 +42,8 @@ def _args() -> argparse.Namespace:
                    help="split the slots over this many contexts, one sampled while the GPU computes another")
     p.add_argument("--embedding", action="store_true", help="an embedding model: no generation context")
     p.add_argument("--adapter", action="append", default=[], help="a GGUF LoRA adapter to apply (repeatable)")
+    p.add_argument("--rpc", action="append", default=[],
+                   help="a ggml RPC worker (host:port) whose devices follow this host's GPUs (repeatable)")
     return p.parse_args()
 
 
@@ -91,7 +93,7 @@ def main() -> None:
         tensor_split=tuple(float(x) for x in args.tensor_split.split(",") if x.strip()),
         n_threads=args.threads, flash_attn=args.flash_attn, kv_type=args.kv_type,
         use_mmap=not args.no_mmap, embedding_only=args.embedding,
-        n_contexts=args.contexts,
+        n_contexts=args.contexts, rpc_workers=tuple(args.rpc),
     )
     try:
         model = LoadedModel(args.model, cfg, adapters=args.adapter)

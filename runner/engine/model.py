@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 from dataclasses import dataclass
 
 import llama_cpp as ll
@@ -43,6 +44,8 @@ class ContextConfig:
     # The slots split over this many contexts (each its own KV cache and compute buffers), so that the
     # engine can sample one group's step while the GPU computes another's (runner/engine/batch.py).
     n_contexts: int = 1
+    # ggml RPC workers (host:port) whose devices take part, after this host's GPUs (runner/rpc.py)
+    rpc_workers: tuple[str, ...] = ()
 
 
 _KV_TYPES = {"f16": ll.GGML_TYPE_F16, "f32": ll.GGML_TYPE_F32, "q8_0": ll.GGML_TYPE_Q8_0, "q4_0": ll.GGML_TYPE_Q4_0}
@@ -70,6 +73,17 @@ def _model_params(cfg: ContextConfig):
             raise ModelLoadError(f"tensor split for {len(cfg.tensor_split)} GPUs; llama.cpp supports {n}")
         split = (ctypes.c_float * n)(*cfg.tensor_split)
         mparams.tensor_split = ctypes.cast(split, ctypes.POINTER(ctypes.c_float))
+    if cfg.rpc_workers:
+        from ..ggml_backend import offload_devices
+
+        try:
+            chosen, array = offload_devices(list(cfg.rpc_workers))
+        except RuntimeError as exc:
+            raise ModelLoadError(str(exc)) from None
+        mparams.devices = ctypes.cast(array, ctypes.c_void_p)
+        print("offload devices: " + ", ".join(f"{i}: {d.name} ({d.description})" for i, d in enumerate(chosen)),
+              file=sys.stderr, flush=True)
+        split = (split, array)  # both must outlive the load
     return mparams, split
 
 
@@ -83,6 +97,12 @@ class LoadedModel:
         self.model = ll.llama_model_load_from_file(path.encode(), mparams)
         if not self.model:
             raise ModelLoadError(f"llama.cpp could not load the model file {path}")
+        if cfg.rpc_workers:
+            from ..ggml_backend import harden_rpc_sockets
+
+            # libggml-rpc holds one connection per worker while the model's buffers live there
+            hardened = harden_rpc_sockets(list(cfg.rpc_workers))
+            print(f"keepalive on {hardened} RPC worker connection(s)", file=sys.stderr, flush=True)
         self.vocab = ll.llama_model_get_vocab(self.model)
         self.n_vocab = ll.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train = ll.llama_model_n_ctx_train(self.model)

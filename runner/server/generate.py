@@ -21,7 +21,7 @@ from ..memory import processor_label
 from ..model_config import ModelConfig, ModelNotFound, load_model_config
 from ..prompt import PromptError, chat_prompt
 from ..runner_process import RunnerError, RunnerRejected
-from ..scheduler import LoadedModel, Scheduler, ServerBusy
+from ..scheduler import Lease, LoadedModel, Scheduler, ServerBusy, placement_devices
 from . import metrics
 from .grammar import grammar_for_format
 from .http import ApiError, NDJSONStream, bad_request, dumps, field, not_found, read_json
@@ -82,7 +82,7 @@ class Inference:
         self.scheduler: Scheduler = request.app["scheduler"]
         self.t0 = time.perf_counter()
         self.load_duration = 0.0
-        self.lm: LoadedModel | None = None
+        self.lm: Lease | None = None
         self.failed = False  # set when the runner broke during this request
 
     async def __aenter__(self) -> "Inference":
@@ -93,7 +93,7 @@ class Inference:
             raise ApiError(503, str(exc)) from None
         except RunnerError as exc:
             raise ApiError(500, str(exc)) from None
-        if self.lm is not before:
+        if self.lm.model is not before:
             self.load_duration = time.perf_counter() - self.t0
         return self
 
@@ -426,14 +426,19 @@ async def ps(request: web.Request) -> web.Response:
     models = []
     for lm in request.app["scheduler"].loaded.values():
         p = lm.placement
+        # all replicas together (LM_REPLICAS: a copy per GPU), as the memory they take
+        size, size_vram = sum(r.placement.size for r in lm.replicas), sum(r.placement.size_vram for r in lm.replicas)
         models.append({
-            "name": lm.config.display, "model": lm.config.display, "size": p.size, "digest": lm.config.digest,
-            "details": model_details(store, lm.config.stored), "expires_at": _expires(lm), "size_vram": p.size_vram,
-            "context_length": lm.num_ctx, "processor": processor_label(p.size, p.size_vram),
+            "name": lm.config.display, "model": lm.config.display, "size": size, "digest": lm.config.digest,
+            "details": model_details(store, lm.config.stored), "expires_at": _expires(lm), "size_vram": size_vram,
+            "context_length": lm.num_ctx, "processor": processor_label(size, size_vram),
             # Beyond Ollama's fields: where the GPU share lies, and what the KV cache costs
-            "gpus": [{"id": index, "size_vram": size} for index, size in p.gpus],
+            "gpus": placement_devices(p),
             "kv_cache": {"type": p.kv_type, "slots": p.parallel, "bytes_per_slot": p.kv_bytes_per_slot},
         })
+        if len(lm.replicas) > 1:  # LM_REPLICAS: a copy per GPU, each with its own slots
+            models[-1]["replicas"] = [{"gpus": placement_devices(r.placement), "slots": r.placement.parallel,
+                                       "active": r.active} for r in lm.replicas]
     return web.json_response({"models": models})
 
 

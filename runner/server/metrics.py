@@ -110,14 +110,14 @@ class SchedulerCollector:
                 count += 1
                 name = lm.config.display
                 # Requests past the runner's slots wait in its queue; those not yet holding it wait for a load.
-                slots = max(getattr(lm.placement, "parallel", 1) or 1, 1)
+                slots = max(lm.slots, 1)  # of all its replicas (LM_REPLICAS)
                 active.add_metric([name], min(lm.active, slots))
                 queue.add_metric([name], max(inflight.get(key, 0) - lm.active, 0) + max(lm.active - slots, 0))
-                memory.add_metric([name, "estimated"], lm.placement.size)
-                memory.add_metric([name, "vram"], lm.placement.size_vram)
-                rss = _rss(lm.proc.pid if lm.proc.alive else None)
-                if rss is not None:
-                    memory.add_metric([name, "rss"], rss)
+                memory.add_metric([name, "estimated"], sum(r.placement.size for r in lm.replicas))
+                memory.add_metric([name, "vram"], sum(r.placement.size_vram for r in lm.replicas))
+                rss = [_rss(r.proc.pid if r.proc.alive else None) for r in lm.replicas]
+                if any(x is not None for x in rss):
+                    memory.add_metric([name, "rss"], sum(x for x in rss if x is not None))
             for key, n in inflight.items():  # waiting for a model that is not loaded (yet)
                 if key not in sched.loaded and n > 0:
                     queue.add_metric([key], n)

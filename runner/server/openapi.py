@@ -107,6 +107,9 @@ def _schemas(s: Settings) -> dict:
              "created_at": {"type": "string"}}
     details = _obj({k: {"type": "string"} for k in ("parent_model", "format", "family", "parameter_size",
                                                      "quantization_level")})
+    # /api/ps: each device a model uses; with RPC workers its name (RPC[host:port]#0) and layers too
+    gpus = {"type": "array", "items": _obj({"id": {"type": "integer"}, "size_vram": {"type": "integer"},
+                                            "name": {"type": "string"}, "layers": {"type": "integer"}})}
     openai_message = _obj({"role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
                            "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": _obj(
                                {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
@@ -194,9 +197,12 @@ def _schemas(s: Settings) -> dict:
             "size": {"type": "integer"}, "digest": {"type": "string"}, "details": details,
             "expires_at": {"type": "string"}, "size_vram": {"type": "integer"},
             "context_length": {"type": "integer"}, "processor": {"type": "string"},
-            "gpus": {"type": "array", "items": _obj({"id": {"type": "integer"}, "size_vram": {"type": "integer"}})},
+            "gpus": gpus,
             "kv_cache": _obj({"type": {"type": "string"}, "slots": {"type": "integer"},
-                              "bytes_per_slot": {"type": "integer"}})})}}),
+                              "bytes_per_slot": {"type": "integer"}}),
+            # LM_REPLICAS: one entry per copy of the model, where there are several
+            "replicas": {"type": "array", "items": _obj({"gpus": gpus, "slots": {"type": "integer"},
+                                                          "active": {"type": "integer"}})}})}}),
         "ShowResponse": _obj({k: {"type": "string"} for k in ("license", "modelfile", "parameters", "template",
                                                               "system", "modified_at")}
                              | {"details": details, "model_info": {"type": "object"},
