@@ -53,7 +53,8 @@ async def _errors(request: web.Request, handler):
             return web.Response(status=507, body=dumps({"error": f"not enough storage space: {exc.strerror}"}),
                                 content_type="application/json")
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return web.Response(status=500, body=dumps({"error": str(exc) or type(exc).__name__}),
+        # The reason without the file name: a client is never shown the server's paths.
+        return web.Response(status=500, body=dumps({"error": exc.strerror or type(exc).__name__}),
                             content_type="application/json")
     except Exception as exc:  # never a bare traceback to a client
         log.exception("unhandled error on %s %s", request.method, request.path)
