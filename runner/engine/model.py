@@ -88,6 +88,7 @@ class LoadedModel:
         self.n_ctx_train = ll.llama_model_n_ctx_train(self.model)
         self.add_bos = ll.llama_vocab_get_add_bos(self.vocab)
         self._piece_buf = ctypes.create_string_buffer(256)
+        self._max_token_bytes: int | None = None
         # LoRA adapters belong to the model (llama.cpp frees them with it); each context applies them.
         self.adapters = [self._load_adapter(p) for p in adapters]
         self.ctx = self.memory = None
@@ -169,6 +170,19 @@ class LoadedModel:
             n = ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
             return buf.raw[:n]
         return self._piece_buf.raw[:n]
+
+    def max_token_bytes(self) -> int:
+        """The longest text (in UTF-8 bytes) that one token of the vocabulary stands for, special tokens
+        as written in a prompt included: a text of n bytes has at least n / this many tokens. Computed
+        on first use (a pass over the vocabulary), then kept."""
+        if self._max_token_bytes is None:
+            buf = ctypes.create_string_buffer(1024)
+            longest = 1
+            for token in range(self.n_vocab):
+                n = ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+                longest = max(longest, n if n >= 0 else -n)  # negative: the size it needs
+            self._max_token_bytes = longest
+        return self._max_token_bytes
 
     def detokenize(self, tokens: list[int]) -> str:
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
