@@ -42,7 +42,23 @@ def _args() -> argparse.Namespace:
                    help="split the slots over this many contexts, one sampled while the GPU computes another")
     p.add_argument("--embedding", action="store_true", help="an embedding model: no generation context")
     p.add_argument("--adapter", action="append", default=[], help="a GGUF LoRA adapter to apply (repeatable)")
+    p.add_argument("--daemon-pid", type=int, default=0, help="the daemon's pid: the runner dies with it")
     return p.parse_args()
+
+
+def _die_with_daemon(daemon_pid: int) -> None:
+    """A runner outliving its daemon would hold its memory forever. On Linux the kernel kills it the
+    moment the daemon dies, however it dies and whatever the runner is doing (loading a model included:
+    a signal handler of Python's would wait for llama.cpp's call to return). The serve loop's check of
+    the parent is the fallback elsewhere. The daemon's next start removes the socket left behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    if daemon_pid and os.getppid() != daemon_pid:  # it died before the line above
+        os._exit(0)
 
 
 async def _serve(args: argparse.Namespace, model: LoadedModel, embedder=None) -> None:
@@ -68,11 +84,11 @@ async def _serve(args: argparse.Namespace, model: LoadedModel, embedder=None) ->
         loop.add_signal_handler(sig, stop.set)
     parent = os.getppid()
     while not stop.is_set():
-        # A runner outliving its daemon would hold memory forever: leave when the parent is gone.
+        # Where the kernel does not kill us with the daemon (see _die_with_daemon): leave when it is gone.
         if os.getppid() != parent:
             break
         try:
-            await asyncio.wait_for(stop.wait(), timeout=1.0)
+            await asyncio.wait_for(stop.wait(), timeout=0.25)
         except asyncio.TimeoutError:
             pass
     await runner.cleanup()
@@ -84,6 +100,7 @@ def main() -> None:
     import asyncio
 
     args = _args()
+    _die_with_daemon(args.daemon_pid)
     threading.stack_size(64 * 1024 * 1024)  # the engine thread runs llama.cpp's decode: give it room
     cfg = ContextConfig(
         n_ctx_per_seq=args.ctx, n_seq=args.parallel, n_batch=args.batch, n_gpu_layers=args.gpu_layers,

@@ -20,6 +20,7 @@ from registry import Store, StoreError
 
 from .. import __version__
 from ..config import Settings
+from ..runner_process import remove_dead_runner_dirs
 from ..scheduler import Scheduler
 from . import anthropic, embed, generate, models_api, openai, responses
 from . import metrics, openapi, security
@@ -94,6 +95,8 @@ def make_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(security.cors_headers)
 
     async def on_startup(app: web.Application) -> None:
+        for path in await asyncio.to_thread(remove_dead_runner_dirs):
+            log.info("removed the runner socket directory %s of a daemon that is gone", path)
         if not settings.noprune:
             removed = await asyncio.to_thread(app["store"].cleanup)
             for path in removed:
