@@ -180,7 +180,9 @@ class Store:
         # delete never removes a blob that a create committed and is about to reference.
         self._references = threading.RLock()
         # Digests that writers in progress (creates: see `hold`) will reference: no removal takes them.
+        # Those a removal skipped for that are `_spared`: the last hold on one removes it if still unused.
         self._held: dict[str, int] = {}
+        self._spared: set[str] = set()
 
     # ---- blobs
 
@@ -348,7 +350,9 @@ class Store:
                 # Unknown references: keeping blobs wastes disk, deleting them could break a model.
                 log.warning("not removing blobs %s: %s", what, exc)
                 return []
-            for digest in sorted(set(digests) - still_used - self._held.keys()):
+            unused = set(digests) - still_used
+            self._spared |= unused & self._held.keys()
+            for digest in sorted(unused - self._held.keys()):
                 unlink_quietly(self.blob_path(digest))
                 removed.append(digest)
         return removed
@@ -478,14 +482,22 @@ class Hold:
         return self.store.add_json_blob(obj, self)
 
     def release(self) -> None:
-        with self.store._references:
+        """Ends the holds; a blob that a removal spared for this hold alone goes now if nothing uses it
+        (the create failed, or did not reference it in the end)."""
+        store = self.store
+        with store._references:
+            freed = set()
             for digest in self.digests:
-                left = self.store._held.get(digest, 1) - 1
+                left = store._held.get(digest, 1) - 1
                 if left > 0:
-                    self.store._held[digest] = left
+                    store._held[digest] = left
                 else:
-                    self.store._held.pop(digest, None)
+                    store._held.pop(digest, None)
+                    freed.add(digest)
             self.digests = set()
+            spared, store._spared = freed & store._spared, store._spared - freed
+            if spared:
+                store.remove_unused(spared, "spared for a create")
 
     def __enter__(self) -> "Hold":
         return self
