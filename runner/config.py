@@ -198,6 +198,10 @@ class Settings:
     # the GPU computes the other's step (None: the default, on where the model is on a GPU; true: on the
     # CPU too, where it gains nothing but runs the same engine path)
     pipeline: bool | None = None
+    # LM_BATCH_INVARIANT: kernels whose result for a sequence does not depend on the others in its batch
+    # (llama.cpp's repacked CPU weights off), so that a seed gives the same text alone and under load
+    # (None: the default, on where the model runs on the CPU only; false: llama.cpp's default kernels)
+    batch_invariant: bool | None = None
 
     @property
     def engine_kv(self) -> tuple[str, str]:
@@ -243,6 +247,7 @@ class Settings:
             gpu_sampling=env_tristate("GPU_SAMPLING"),
             gpu_top_k=env_int("GPU_TOPK", 0),
             pipeline=env_tristate("PIPELINE"),
+            batch_invariant=env_tristate("BATCH_INVARIANT"),
         )
 
     @property

@@ -33,6 +33,8 @@ def _args() -> argparse.Namespace:
     p.add_argument("--flash-attn", default="auto")
     p.add_argument("--kv-type", default="f16")
     p.add_argument("--no-mmap", action="store_true")
+    p.add_argument("--no-repack", action="store_true",
+                   help="no repacked CPU weights (llama.cpp's extra buffer types): batch-invariant kernels")
     p.add_argument("--mixed-prefill", action="store_true", help="mix prefill chunks into decode steps (GPU)")
     p.add_argument("--backend-top-k", type=int, default=0,
                    help="keep a top_k chain of this size on the backend per slot; the CPU samples from its output")
@@ -107,7 +109,7 @@ def main() -> None:
         main_gpu=args.main_gpu, split_mode=args.split_mode,
         tensor_split=tuple(float(x) for x in args.tensor_split.split(",") if x.strip()),
         n_threads=args.threads, flash_attn=args.flash_attn, kv_type=args.kv_type,
-        use_mmap=not args.no_mmap, embedding_only=args.embedding,
+        use_mmap=not args.no_mmap, repack=not args.no_repack, embedding_only=args.embedding,
         n_contexts=args.contexts,
     )
     try:

@@ -38,6 +38,11 @@ class ContextConfig:
     flash_attn: str = "auto"  # "auto", "on", "off"
     kv_type: str = "f16"
     use_mmap: bool = True
+    # llama.cpp's extra CPU buffer types (weights repacked for Q4_0, Q4_K, IQ4_NL, ...): faster batched
+    # kernels, but a row's result then depends on how many rows are computed with it (a four-row kernel
+    # beside the one-row one), so a sequence's text would depend on the others in its batch. Off where
+    # lm promises batch invariance (the CPU: LM_BATCH_INVARIANT).
+    repack: bool = True
     # An embedding model (BERT and kin): no generation context at all; embeddings get their own.
     embedding_only: bool = False
     # The slots split over this many contexts (each its own KV cache and compute buffers), so that the
@@ -62,6 +67,7 @@ def _model_params(cfg: ContextConfig):
     mparams.main_gpu = cfg.main_gpu
     if not cfg.use_mmap:  # the struct has no use_mmap any more: load_mode says it
         mparams.load_mode = ll.LLAMA_LOAD_MODE_NONE
+    mparams.use_extra_bufts = cfg.repack
     split = None
     if cfg.tensor_split:
         # llama.cpp reads llama_max_devices() floats from this pointer, whatever the GPU count
