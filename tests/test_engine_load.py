@@ -163,9 +163,9 @@ def shipped(tmp_path_factory, smollm2_path, gemma3_path) -> Daemon:
 def test_seeded_texts_under_load_equal_their_solo_texts_for_every_shipped_model(shipped, model):
     bodies = [{"model": model, "prompt": f"Count to {i}:", "raw": True, "stream": False,
                "options": {"seed": 7, "temperature": 0.8, "num_predict": 40}} for i in range(8)]
-    solo = [shipped.post("/api/generate", body)[1]["response"] for body in bodies]
+    solo = [shipped.post("/api/generate", body, timeout=600)[1]["response"] for body in bodies]
     with ThreadPoolExecutor(len(bodies)) as pool:
-        together = list(pool.map(lambda body: shipped.post("/api/generate", body), bodies))
+        together = list(pool.map(lambda body: shipped.post("/api/generate", body, timeout=600), bodies))
     assert all(status == 200 for status, _ in together), together
     differ = [i for i, (alone, (_, body)) in enumerate(zip(solo, together)) if body["response"] != alone]
     assert not differ, f"{model}: {len(differ)} of {len(bodies)} texts differed under load: {differ}"
