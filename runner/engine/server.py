@@ -129,9 +129,11 @@ class RunnerServer:
             # Bounded by the context (long_prompt.py), and a long one off the event loop: a huge prompt
             # must not stall the streams of other requests. A continued conversation (`context`) already
             # starts with BOS.
-            tokenize = functools.partial(tokenize_prompt, self.model, text, n_ctx=self.model.cfg.n_ctx_per_seq,
-                                         num_keep=opts.num_keep, add_special=not context, whole_head=not context)
-            prompt = context + (tokenize() if len(text) < 8192 else await asyncio.to_thread(tokenize))
+            n_ctx = self.model.cfg.n_ctx_per_seq
+            tokenize = functools.partial(tokenize_prompt, self.model, text, n_ctx=n_ctx, num_keep=opts.num_keep,
+                                         add_special=not context, whole_head=not context)
+            # A short prompt (at most 2 * n_ctx bytes: no pass over the vocabulary either) is quicker inline.
+            prompt = context + (tokenize() if len(text) <= n_ctx // 2 else await asyncio.to_thread(tokenize))
         except (TypeError, ValueError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         req = Request(prompt=prompt, options=opts)
