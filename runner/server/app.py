@@ -55,7 +55,8 @@ async def _errors(request: web.Request, handler):
                                 content_type="application/json")
         log.exception("unhandled error on %s %s", request.method, request.path)
         # The reason without the file name: a client is never shown the server's paths.
-        return web.Response(status=500, body=dumps({"error": exc.strerror or type(exc).__name__}),
+        message = exc.strerror if exc.filename or exc.filename2 else str(exc)
+        return web.Response(status=500, body=dumps({"error": message or type(exc).__name__}),
                             content_type="application/json")
     except Exception as exc:  # never a bare traceback to a client
         log.exception("unhandled error on %s %s", request.method, request.path)

@@ -170,7 +170,8 @@ def _storage_failure(exc: OSError) -> tuple[int, str]:
     """The status and message for a failed file operation: the reason, never the server's path."""
     if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
         return 507, f"not enough storage space: {exc.strerror}"
-    return 500, f"storage error: {exc.strerror or type(exc).__name__}"
+    reason = exc.strerror if exc.filename or exc.filename2 else str(exc)
+    return 500, f"storage error: {reason or type(exc).__name__}"
 
 
 def _blob_digest(request: web.Request) -> str:
