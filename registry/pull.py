@@ -587,10 +587,6 @@ async def pull_model(store: Store, name: ModelName, progress: Progress, *, insec
             manifest = Manifest.from_bytes(raw)
         except ValueError as exc:
             raise PullError(f"pull model manifest: {exc}") from None
-        try:
-            existing = store.find(name)
-        except StoreError:
-            existing = None
 
         layers = manifest_layers(manifest)
         for layer in layers:  # every bar in manifest order before any moves
@@ -614,16 +610,16 @@ async def pull_model(store: Store, name: ModelName, progress: Progress, *, insec
         if missing:
             raise PullError(f"blob {missing[0]} missing after download")
         progress({"status": "writing manifest"})
-        await asyncio.to_thread(store.write_manifest, name, manifest)
+        replaced = await asyncio.to_thread(store.write_manifest, name, manifest)
 
-        if existing is not None and not noprune:
-            unused = existing.manifest.digests() - manifest.digests()
+        if replaced is not None and not noprune:
+            unused = replaced.digests() - manifest.digests()
             if unused:
                 progress({"status": "removing unused layers"})
                 try:
-                    await asyncio.to_thread(_remove_unused, store, unused)
+                    await asyncio.to_thread(store.remove_unused, unused, f"replaced by {name.display}")
                 except (OSError, StoreError) as exc:
-                    progress({"status": f"couldn't remove unused layers: {exc}"})
+                    progress({"status": f"couldn't remove unused layers: {exc.strerror if isinstance(exc, OSError) else exc}"})
         progress({"status": "success"})
         return manifest
     except RegistryError as exc:
@@ -632,8 +628,3 @@ async def pull_model(store: Store, name: ModelName, progress: Progress, *, insec
         if own:
             await transfers.close()
 
-
-def _remove_unused(store: Store, digests: set[str]) -> None:
-    still_used = store.referenced_digests(strict=True)
-    for digest in digests - still_used:
-        unlink_quietly(store.blob_path(digest))

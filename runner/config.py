@@ -203,6 +203,10 @@ class Settings:
     # LM_REPLICAS: copies of a model that fits one GPU, one per GPU, requests spread by free slots
     # ("auto": one per GPU; 1: one copy, as before)
     replicas: int | str = 1
+    # LM_BATCH_INVARIANT: kernels whose result for a sequence does not depend on the others in its batch
+    # (llama.cpp's repacked CPU weights off), so that a seed gives the same text alone and under load
+    # (None: the default, on where the model runs on the CPU only; false: llama.cpp's default kernels)
+    batch_invariant: bool | None = None
 
     @property
     def engine_kv(self) -> tuple[str, str]:
@@ -250,6 +254,7 @@ class Settings:
             pipeline=env_tristate("PIPELINE"),
             rpc_workers=_rpc_workers(),
             replicas=_replicas(),
+            batch_invariant=env_tristate("BATCH_INVARIANT"),
         )
 
     @property

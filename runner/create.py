@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from registry.convert import ConvertError, QuantizeError, convert_directory, qua
 from registry.convert.lora import AdapterError, check_gguf_adapter, check_peft_adapter, convert_peft_adapter
 from registry.gguf_info import GGUFInfo, is_gguf
 from registry.convert.quantize import QUANTIZABLE_SOURCES
-from registry.store import TEMP_PREFIX
+from registry.store import temp_name
 
 Progress = Callable[[str], None]
 _ROLES = {"system", "user", "assistant", "tool"}
@@ -104,8 +103,19 @@ def _config_blob(info) -> dict:
     }
 
 
-def create_model(store: Store, req: CreateRequest, progress: Progress) -> None:
-    """Creates `req.model`; raises CreateError / SourceNotFound for bad input."""
+def create_model(store: Store, req: CreateRequest, progress: Progress, *, noprune: bool = False) -> None:
+    """Creates `req.model`; raises CreateError / SourceNotFound for bad input. The layers of a model it
+    replaces that nothing else uses are removed at once (as Ollama does), unless `noprune`."""
+    # Through a hold: no concurrent delete or overwrite removes a blob this create found or wrote before
+    # its manifest names it.
+    with store.hold() as held:
+        replaced = _create(held, req, progress)
+    if replaced is not None and not noprune:
+        store.remove_unused(replaced.digests(), f"replaced by {req.model.display}")
+    progress("success")
+
+
+def _create(store: Store, req: CreateRequest, progress: Progress) -> Manifest | None:
     progress("parsing model")
     quantize = None
     if req.quantize:
@@ -198,8 +208,8 @@ def create_model(store: Store, req: CreateRequest, progress: Progress) -> None:
     config.setdefault("rootfs", {"type": "layers"})["diff_ids"] = [layer.digest for layer in ordered]
     config_digest, config_size = store.add_json_blob(config)
     progress("writing manifest")
-    store.write_manifest(req.model, Manifest(config=Layer(MEDIA_CONFIG, config_digest, config_size), layers=ordered))
-    progress("success")
+    return store.write_manifest(req.model, Manifest(config=Layer(MEDIA_CONFIG, config_digest, config_size),
+                                                    layers=ordered))
 
 
 @dataclass
@@ -292,6 +302,7 @@ def _model_file(store: Store, files: dict, quantize: str | None, progress: Progr
         return _convert(store, files, quantize, progress)
     if len(files) != 1:
         raise CreateError("exactly one model file is supported in 'files'")
+    _safe_relative(next(iter(files)))  # the name is unused, but a path outside the model is refused (as Ollama)
     digest, path = _uploaded_blob(store, next(iter(files.values())), "blob {digest}")
     progress(f"using existing layer {digest}")
     return path, digest
@@ -302,23 +313,24 @@ def _uploaded_blob(store: Store, value, what: str) -> tuple[str, Path]:
     which one in the error when the client has not uploaded it."""
     digest = _digest(value)
     blob = store.blob_path(digest)
-    if not blob.is_file():
+    if not store.has_blob(digest):  # (and held from now on, when `store` is a create's hold)
         raise CreateError(f"{what.format(digest=digest)} not found; upload it with POST /api/blobs/{digest} first")
     return digest, blob
 
 
 def _safe_relative(name) -> PurePosixPath:
-    """A file name from the request as a path inside the model directory (Ollama: fs.ValidPath)."""
+    """A file name from the request as a path inside the model directory (Ollama: fs.ValidPath, and no
+    backslash). Ollama refuses a colon too; lm's CLI sends a file's own name, which may hold one."""
     text = str(name)
     parts = text.split("/")
     if not text or "\\" in text or "\0" in text or any(p in ("", ".", "..") for p in parts):
-        raise CreateError(f"invalid file path: {text}")
+        raise CreateError(f"invalid file path: file path must be relative: {text}")
     return PurePosixPath(text)
 
 
 def _temp_path(store: Store, what: str) -> Path:
     # In the blobs directory (same file system as the blobs; a crash's leftover is removed by the store)
-    return store.blobs_dir / f"{TEMP_PREFIX}{what}-{secrets.token_hex(8)}"
+    return store.blobs_dir / temp_name(what)
 
 
 def _convert(store: Store, files: dict, quantize: str | None, progress: Progress) -> tuple[Path, str]:

@@ -21,6 +21,34 @@ if TYPE_CHECKING:
 CRASH_MESSAGE = "model runner has unexpectedly stopped, this may be due to resource limitations or an internal error"
 
 
+RUNNER_DIR_PREFIX = "lm-runner-"
+
+
+def remove_dead_runner_dirs() -> list[str]:
+    """Removes the socket directories (lm-runner-<daemon pid>-*) of daemons that are gone: a daemon that
+    was SIGKILLed could not remove its own. Only this user's, and only where the pid lives no more: a
+    live daemon's runners keep theirs."""
+    import shutil
+
+    removed = []
+    tmp = tempfile.gettempdir()
+    for entry in os.listdir(tmp):
+        pid = entry[len(RUNNER_DIR_PREFIX):].split("-", 1)[0]
+        if not entry.startswith(RUNNER_DIR_PREFIX) or not pid.isdigit() or int(pid) in (0, os.getpid()):
+            continue
+        path = os.path.join(tmp, entry)
+        try:
+            if os.stat(path).st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        except OSError:
+            continue
+    return removed
+
+
 class RunnerError(RuntimeError):
     """The runner failed: it did not start, or it died while serving."""
 
@@ -38,7 +66,9 @@ class RunnerProcess:
         self.model_path = model_path
         self.args = args
         self.debug = debug
-        self._dir = tempfile.mkdtemp(prefix="lm-runner-")
+        # The daemon's pid in the name: its next start removes what a SIGKILLed daemon left (see
+        # remove_dead_runner_dirs).
+        self._dir = tempfile.mkdtemp(prefix=f"{RUNNER_DIR_PREFIX}{os.getpid()}-")
         self.socket_path = os.path.join(self._dir, "runner.sock")
         self.proc: asyncio.subprocess.Process | None = None
         self._stderr_tail: deque[str] = deque(maxlen=30)
@@ -71,7 +101,7 @@ class RunnerProcess:
 
     async def _start(self, timeout: float) -> dict:
         cmd = [sys.executable, "-m", "runner.engine", "--model", str(self.model_path), "--socket", self.socket_path,
-               *self.args]
+               "--daemon-pid", str(os.getpid()), *self.args]
         self.proc = await asyncio.create_subprocess_exec(
             *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE, start_new_session=True,

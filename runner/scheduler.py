@@ -268,6 +268,9 @@ class Scheduler:
                     args.append("--backend-sampling")
                 elif self.settings.gpu_top_k > 0:
                     args += ["--backend-top-k", str(self.settings.gpu_top_k)]
+        invariant = self.settings.batch_invariant
+        if invariant or (invariant is None and placement.gpu_layers == 0):
+            args.append("--no-repack")  # the same seed gives the same text alone and under load
         pipeline = self.settings.pipeline
         if pipeline is None:  # on a GPU; not across workers, whose one connection each step crosses
             pipeline = placement.gpu_layers > 0 and not placement.remote

@@ -405,3 +405,44 @@ def test_store_rejects_hand_built_traversal_names(store):
         store.write_manifest(ModelName("..", "..", "..", "x"), Manifest(config=Layer(MEDIA_CONFIG, sha(b""), 0)))
     with pytest.raises(ValueError):
         store.find(ModelName("h", "..", "m", "t"))
+
+
+def test_cleanup_removes_young_temps_of_writers_that_are_gone(store):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no process has any more (reuse within the test is not a concern)
+    dead = store.blobs_dir / f"{TEMP_PREFIX}{gone.pid}-0123abcd"
+    dead.write_bytes(b"a killed upload")
+    live_other = store.blobs_dir / f"{TEMP_PREFIX}{os.getppid()}-0123abcd"  # another live process's, unlocked
+    live_other.write_bytes(b"maybe a writer that has not locked it yet")
+    ours = store.blobs_dir / f"{TEMP_PREFIX}{os.getpid()}-0123abcd"
+    ours.write_bytes(b"this process's")
+    assert store.cleanup() == [dead]
+    assert live_other.exists() and ours.exists()
+    with store.blob_writer() as w:  # what the store writes carries its pid
+        assert any(p.name.startswith(f"{TEMP_PREFIX}{os.getpid()}-") and p != ours for p in store.blobs_dir.iterdir())
+        w.abort()
+
+
+def test_a_hold_keeps_its_blobs_from_a_delete_and_an_overwrite(store):
+    make_model(store, "a:1", b"shared weights", b"a's own")
+    with store.hold() as hold:
+        assert hold.find(ModelName.parse("a:1")) is not None  # a create from a:1 ...
+        digest, _ = hold.add_blob_bytes(b"a's own")  # ... and a layer it found already there
+        assert store.delete(ModelName.parse("a:1"))
+        assert store.has_blob(sha(b"shared weights")) and store.has_blob(digest)
+        config = Layer(MEDIA_CONFIG, *hold.add_json_blob({"model_format": "gguf"}))
+        hold.write_manifest(ModelName.parse("b:1"), Manifest(config=config, layers=[
+            Layer(MEDIA_MODEL, sha(b"shared weights"), 14), Layer(MEDIA_MODEL, digest, 7)]))
+    assert store.find(ModelName.parse("b:1")) is not None
+    # a:1's config, held (so spared by the delete) but not referenced by b:1, went when the hold ended
+    assert sorted(p.name for p in store.blobs_dir.iterdir()) == sorted(
+        f"sha256-{d[7:]}" for d in store.find(ModelName.parse("b:1")).manifest.digests())
+    # Overwriting: write_manifest gives the replaced manifest, whose layers nothing else uses can go
+    config = Layer(MEDIA_CONFIG, *store.add_json_blob({"model_format": "gguf", "v": 2}))
+    new = Manifest(config=config, layers=[Layer(MEDIA_MODEL, *store.add_blob_bytes(b"new weights"))])
+    replaced = store.write_manifest(ModelName.parse("b:1"), new)
+    assert replaced is not None and digest in replaced.digests()
+    assert digest in store.remove_unused(replaced.digests())
+    assert not store.has_blob(sha(b"shared weights")) and all(store.has_blob(d) for d in new.digests())
+    assert store.delete(ModelName.parse("b:1")) and list(store.blobs_dir.iterdir()) == []
+    assert not store.delete(ModelName.parse("b:1"))

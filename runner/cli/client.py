@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import subprocess
@@ -23,6 +24,19 @@ class ClientError(Exception):
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
         self.status = status
+
+
+# What urllib lets through when the daemon is not there or goes away mid-request (it wraps only a failed
+# connect or send in URLError; a connection closed before or during the answer comes through raw).
+_LOST = (urllib.error.URLError, http.client.HTTPException, OSError)
+
+
+def _connection_error(base: str, exc: BaseException) -> ClientError:
+    """One line for a connection that failed (`could not connect`) or broke half way (`lost the connection`)."""
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(exc, urllib.error.URLError) and not isinstance(reason, (ConnectionResetError, BrokenPipeError)):
+        return ClientError(f"could not connect to lm at {base}: {reason}")
+    return ClientError(f"lost the connection to lm at {base}: {reason or type(reason).__name__}")
 
 
 class Client:
@@ -51,8 +65,8 @@ class Client:
             except (ValueError, AttributeError):
                 message = raw.decode(errors="replace") or exc.reason
             raise ClientError(message, exc.code) from None
-        except (urllib.error.URLError, ConnectionError) as exc:
-            raise ClientError(f"could not connect to lm at {self.base}: {getattr(exc, 'reason', exc)}") from None
+        except _LOST as exc:
+            raise _connection_error(self.base, exc) from None
 
     def json(self, method: str, path: str, body=None) -> dict:
         with self._request(method, path, body) as resp:
@@ -62,10 +76,18 @@ class Client:
     def stream(self, path: str, body: dict) -> Iterator[dict]:
         """NDJSON objects from a streaming route; an `{"error"}` line becomes a ClientError."""
         with self._request("POST", path, body) as resp:
-            for line in resp:
-                if not line.strip():
+            while True:
+                try:
+                    line = resp.readline()
+                    obj = json.loads(line) if line.strip() else None
+                except _LOST as exc:
+                    raise _connection_error(self.base, exc) from None
+                except ValueError:
+                    raise ClientError(f"lm at {self.base} sent a line that is not JSON: {line[:80]!r}") from None
+                if not line:
+                    return
+                if obj is None:
                     continue
-                obj = json.loads(line)
                 if "error" in obj:
                     raise ClientError(obj["error"])
                 yield obj
@@ -88,7 +110,13 @@ class Client:
         try:
             urllib.request.urlopen(req).close()
         except urllib.error.HTTPError as exc:
-            raise ClientError(json.loads(exc.read() or b"{}").get("error") or str(exc), exc.code) from None
+            try:
+                message = json.loads(exc.read() or b"{}").get("error") or str(exc)
+            except (ValueError, AttributeError, *_LOST):
+                message = str(exc)
+            raise ClientError(message, exc.code) from None
+        except _LOST as exc:  # the daemon went away during the upload
+            raise _connection_error(self.base, exc) from None
 
     def is_up(self) -> bool:
         try:

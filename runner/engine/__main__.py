@@ -33,6 +33,8 @@ def _args() -> argparse.Namespace:
     p.add_argument("--flash-attn", default="auto")
     p.add_argument("--kv-type", default="f16")
     p.add_argument("--no-mmap", action="store_true")
+    p.add_argument("--no-repack", action="store_true",
+                   help="no repacked CPU weights (llama.cpp's extra buffer types): batch-invariant kernels")
     p.add_argument("--mixed-prefill", action="store_true", help="mix prefill chunks into decode steps (GPU)")
     p.add_argument("--backend-top-k", type=int, default=0,
                    help="keep a top_k chain of this size on the backend per slot; the CPU samples from its output")
@@ -44,7 +46,23 @@ def _args() -> argparse.Namespace:
     p.add_argument("--adapter", action="append", default=[], help="a GGUF LoRA adapter to apply (repeatable)")
     p.add_argument("--rpc", action="append", default=[],
                    help="a ggml RPC worker (host:port) whose devices follow this host's GPUs (repeatable)")
+    p.add_argument("--daemon-pid", type=int, default=0, help="the daemon's pid: the runner dies with it")
     return p.parse_args()
+
+
+def _die_with_daemon(daemon_pid: int) -> None:
+    """A runner outliving its daemon would hold its memory forever. On Linux the kernel kills it the
+    moment the daemon dies, however it dies and whatever the runner is doing (loading a model included:
+    a signal handler of Python's would wait for llama.cpp's call to return). The serve loop's check of
+    the parent is the fallback elsewhere. The daemon's next start removes the socket left behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    if daemon_pid and os.getppid() != daemon_pid:  # it died before the line above
+        os._exit(0)
 
 
 async def _serve(args: argparse.Namespace, model: LoadedModel, embedder=None) -> None:
@@ -70,11 +88,11 @@ async def _serve(args: argparse.Namespace, model: LoadedModel, embedder=None) ->
         loop.add_signal_handler(sig, stop.set)
     parent = os.getppid()
     while not stop.is_set():
-        # A runner outliving its daemon would hold memory forever: leave when the parent is gone.
+        # Where the kernel does not kill us with the daemon (see _die_with_daemon): leave when it is gone.
         if os.getppid() != parent:
             break
         try:
-            await asyncio.wait_for(stop.wait(), timeout=1.0)
+            await asyncio.wait_for(stop.wait(), timeout=0.25)
         except asyncio.TimeoutError:
             pass
     await runner.cleanup()
@@ -86,13 +104,14 @@ def main() -> None:
     import asyncio
 
     args = _args()
+    _die_with_daemon(args.daemon_pid)
     threading.stack_size(64 * 1024 * 1024)  # the engine thread runs llama.cpp's decode: give it room
     cfg = ContextConfig(
         n_ctx_per_seq=args.ctx, n_seq=args.parallel, n_batch=args.batch, n_gpu_layers=args.gpu_layers,
         main_gpu=args.main_gpu, split_mode=args.split_mode,
         tensor_split=tuple(float(x) for x in args.tensor_split.split(",") if x.strip()),
         n_threads=args.threads, flash_attn=args.flash_attn, kv_type=args.kv_type,
-        use_mmap=not args.no_mmap, embedding_only=args.embedding,
+        use_mmap=not args.no_mmap, repack=not args.no_repack, embedding_only=args.embedding,
         n_contexts=args.contexts, rpc_workers=tuple(args.rpc),
     )
     try:

@@ -39,6 +39,11 @@ class ContextConfig:
     flash_attn: str = "auto"  # "auto", "on", "off"
     kv_type: str = "f16"
     use_mmap: bool = True
+    # llama.cpp's extra CPU buffer types (weights repacked for Q4_0, Q4_K, IQ4_NL, ...): faster batched
+    # kernels, but a row's result then depends on how many rows are computed with it (a four-row kernel
+    # beside the one-row one), so a sequence's text would depend on the others in its batch. Off where
+    # lm promises batch invariance (the CPU: LM_BATCH_INVARIANT).
+    repack: bool = True
     # An embedding model (BERT and kin): no generation context at all; embeddings get their own.
     embedding_only: bool = False
     # The slots split over this many contexts (each its own KV cache and compute buffers), so that the
@@ -65,6 +70,7 @@ def _model_params(cfg: ContextConfig):
     mparams.main_gpu = cfg.main_gpu
     if not cfg.use_mmap:  # the struct has no use_mmap any more: load_mode says it
         mparams.load_mode = ll.LLAMA_LOAD_MODE_NONE
+    mparams.use_extra_bufts = cfg.repack
     split = None
     if cfg.tensor_split:
         # llama.cpp reads llama_max_devices() floats from this pointer, whatever the GPU count
@@ -108,6 +114,7 @@ class LoadedModel:
         self.n_ctx_train = ll.llama_model_n_ctx_train(self.model)
         self.add_bos = ll.llama_vocab_get_add_bos(self.vocab)
         self._piece_buf = ctypes.create_string_buffer(256)
+        self._max_token_bytes: int | None = None
         # LoRA adapters belong to the model (llama.cpp frees them with it); each context applies them.
         self.adapters = [self._load_adapter(p) for p in adapters]
         self.ctx = self.memory = None
@@ -189,6 +196,19 @@ class LoadedModel:
             n = ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
             return buf.raw[:n]
         return self._piece_buf.raw[:n]
+
+    def max_token_bytes(self) -> int:
+        """The longest text (in UTF-8 bytes) that one token of the vocabulary stands for, special tokens
+        as written in a prompt included: a text of n bytes has at least n / this many tokens. Computed
+        on first use (a pass over the vocabulary), then kept."""
+        if self._max_token_bytes is None:
+            buf = ctypes.create_string_buffer(1024)
+            longest = 1
+            for token in range(self.n_vocab):
+                n = ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+                longest = max(longest, n if n >= 0 else -n)  # negative: the size it needs
+            self._max_token_bytes = longest
+        return self._max_token_bytes
 
     def detokenize(self, tokens: list[int]) -> str:
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import os
 import sys
 
@@ -29,6 +30,7 @@ from aiohttp import web
 
 from .batch import Engine, Event, Request
 from .embed import EmbedEngine, EmbedJob, EmbedUnsupported, InputTooLong, new_embed_engine
+from .long_prompt import tokenize_prompt
 from .model import LoadedModel
 from .rerank import pair_tokens
 from .sampling import SamplingOptions
@@ -114,7 +116,8 @@ class RunnerServer:
 
     async def tokenize(self, request: web.Request) -> web.Response:
         body = await request.json()
-        return web.json_response({"tokens": self.model.tokenize(body.get("content", ""))})
+        # Off the event loop, as every tokenizing: a long text must not stall the streams of the others.
+        return web.json_response({"tokens": await asyncio.to_thread(self.model.tokenize, body.get("content", ""))})
 
     async def completion(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -125,8 +128,17 @@ class RunnerServer:
             context = [int(t) for t in body.get("context") or []]
             if any(not 0 <= t < self.model.n_vocab for t in context):
                 raise ValueError("context holds token ids that are not in this model's vocabulary")
-            # A continued conversation (/api/generate's `context`) already starts with BOS.
-            prompt = context + self.model.tokenize(body.get("prompt", ""), add_special=not context)
+            text = body.get("prompt") or ""
+            if not isinstance(text, str):
+                raise TypeError("prompt must be a string")
+            # Bounded by the context (long_prompt.py), and a long one off the event loop: a huge prompt
+            # must not stall the streams of other requests. A continued conversation (`context`) already
+            # starts with BOS.
+            n_ctx = self.model.cfg.n_ctx_per_seq
+            tokenize = functools.partial(tokenize_prompt, self.model, text, n_ctx=n_ctx, num_keep=opts.num_keep,
+                                         add_special=not context, whole_head=not context)
+            # A short prompt (at most 2 * n_ctx bytes: no pass over the vocabulary either) is quicker inline.
+            prompt = context + (tokenize() if len(text) <= n_ctx // 2 else await asyncio.to_thread(tokenize))
         except (TypeError, ValueError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         req = Request(prompt=prompt, options=opts)

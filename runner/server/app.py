@@ -20,6 +20,7 @@ from registry import Store, StoreError
 
 from .. import __version__
 from ..config import Settings
+from ..runner_process import remove_dead_runner_dirs
 from ..scheduler import Scheduler
 from . import anthropic, embed, generate, models_api, openai, responses
 from . import metrics, openapi, security
@@ -53,7 +54,9 @@ async def _errors(request: web.Request, handler):
             return web.Response(status=507, body=dumps({"error": f"not enough storage space: {exc.strerror}"}),
                                 content_type="application/json")
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return web.Response(status=500, body=dumps({"error": str(exc) or type(exc).__name__}),
+        # The reason without the file name: a client is never shown the server's paths.
+        message = exc.strerror if exc.filename or exc.filename2 else str(exc)
+        return web.Response(status=500, body=dumps({"error": message or type(exc).__name__}),
                             content_type="application/json")
     except Exception as exc:  # never a bare traceback to a client
         log.exception("unhandled error on %s %s", request.method, request.path)
@@ -90,6 +93,8 @@ def make_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(security.cors_headers)
 
     async def on_startup(app: web.Application) -> None:
+        for path in await asyncio.to_thread(remove_dead_runner_dirs):
+            log.info("removed the runner socket directory %s of a daemon that is gone", path)
         if not settings.noprune:
             removed = await asyncio.to_thread(app["store"].cleanup)
             for path in removed:

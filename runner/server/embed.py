@@ -96,6 +96,7 @@ async def embed_texts(request: web.Request, cfg: ModelConfig, inputs: list[str],
         except RunnerRejected as exc:
             raise ApiError(exc.status, str(exc)) from None
         except RunnerError as exc:
+            inf.failed = True
             raise ApiError(500, str(exc)) from None
     return EmbedResult(vectors, sum(counts), loaded - t0, time.perf_counter() - t0)
 

@@ -97,10 +97,13 @@ class Inference:
             self.load_duration = time.perf_counter() - self.t0
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, exc_type, exc, tb) -> None:
         if self.lm is not None:
             self.scheduler.release(self.lm)
-            await self.scheduler.reap_if_dead(self.lm, failed=self.failed or exc[0] is not None)
+            # Waiting for a dead runner's exit is for runner failures (which set `failed`) and the unexpected;
+            # an answer the route chose (ApiError: a request the runner refused as bad, say) is not one.
+            broke = self.failed or (exc is not None and not isinstance(exc, ApiError))
+            await self.scheduler.reap_if_dead(self.lm, failed=broke)
             if self.lm.keep_alive == 0 and self.lm.active == 0:
                 await self.scheduler.unload(self.lm.key)
 

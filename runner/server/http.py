@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import re
 from typing import Any
 
 import orjson
@@ -75,6 +76,29 @@ def json_too_deep(raw: bytes, obj: Any, limit: int) -> bool:
     return False
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def lone_surrogate(obj: Any) -> bool:
+    """Whether a string of `obj` (a key or a value, at any depth) holds a UTF-16 surrogate that JSON's
+    `\\ud800` escapes can produce alone. Such a string cannot be encoded as UTF-8, which every later step
+    (the tokenizer, the store, the runner's socket) needs."""
+    stack = [obj]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
+
+
 async def read_json(request: web.Request) -> dict:
     """The request body as a JSON object; 400 for anything else (as Ollama answers).
 
@@ -99,6 +123,11 @@ async def read_json(request: web.Request) -> dict:
         raise bad_request("invalid JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise bad_request("request body must be a JSON object")
+    # Only an escape can make a lone surrogate (raw bytes of one are invalid UTF-8, refused above): the
+    # walk over every string is done for the bodies that have such an escape.
+    if _SURROGATE_ESCAPE.search(raw) and lone_surrogate(body):
+        raise bad_request("invalid JSON: a string holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not "
+                          "valid Unicode")
     depth = settings.max_json_depth if settings else 64
     if json_too_deep(raw, body, depth):
         raise bad_request(f"invalid JSON: nested deeper than {depth} levels (LM_MAX_JSON_DEPTH)")

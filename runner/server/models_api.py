@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
 import json
 
 from aiohttp import web
@@ -123,7 +125,8 @@ async def create(request: web.Request) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
     statuses: asyncio.Queue = asyncio.Queue()
     progress = lambda s: loop.call_soon_threadsafe(statuses.put_nowait, s)  # noqa: E731
-    task = loop.run_in_executor(None, create_model, store, req, progress)
+    noprune = request.app["settings"].noprune if "settings" in request.app else False
+    task = loop.run_in_executor(None, functools.partial(create_model, store, req, progress, noprune=noprune))
     if not stream:
         try:
             await task
@@ -133,6 +136,8 @@ async def create(request: web.Request) -> web.StreamResponse:
             raise not_found(str(exc)) from None
         except StoreError as exc:
             raise ApiError(500, str(exc)) from None
+        except OSError as exc:
+            raise ApiError(*_storage_failure(exc)) from None
         return web.json_response({"status": "success"})
     out = NDJSONStream(request)
     getter = None
@@ -149,12 +154,24 @@ async def create(request: web.Request) -> web.StreamResponse:
         break
     try:
         task.result()
-    except (CreateError, SourceNotFound, StoreError) as exc:
-        status = 404 if isinstance(exc, SourceNotFound) else 500 if isinstance(exc, StoreError) else 400
+    except (CreateError, SourceNotFound, StoreError, OSError) as exc:
+        if isinstance(exc, OSError):
+            status, message = _storage_failure(exc)
+        else:
+            status = 404 if isinstance(exc, SourceNotFound) else 500 if isinstance(exc, StoreError) else 400
+            message = str(exc)
         if not out.started:
             out.response.set_status(status)
-        await out.send({"error": str(exc)})
+        await out.send({"error": message})
     return await out.finish()
+
+
+def _storage_failure(exc: OSError) -> tuple[int, str]:
+    """The status and message for a failed file operation: the reason, never the server's path."""
+    if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return 507, f"not enough storage space: {exc.strerror}"
+    reason = exc.strerror if exc.filename or exc.filename2 else str(exc)
+    return 500, f"storage error: {reason or type(exc).__name__}"
 
 
 def _blob_digest(request: web.Request) -> str:
@@ -194,11 +211,14 @@ async def copy(request: web.Request) -> web.Response:
     destination = parse_name(body.get("destination"), "destination")
     store = _store(request)
 
+    noprune = request.app["settings"].noprune if "settings" in request.app else False
+
     def do_copy() -> bool:
-        found = store.find(source)
-        if found is None:
+        replaced = store.copy(source, destination)  # a concurrent delete of `source` comes first or after
+        if replaced is False:
             return False
-        store.write_manifest(destination, found.manifest)
+        if replaced is not None and not noprune:  # an overwritten destination's layers, as create does
+            store.remove_unused(replaced.digests(), f"replaced by {destination.display}")
         return True
 
     if not await asyncio.to_thread(do_copy):
@@ -214,7 +234,8 @@ async def delete(request: web.Request) -> web.Response:
     if found is None:
         raise not_found(f"model '{name.display}' not found")
     await request.app["scheduler"].unload(str(found.name).lower())
-    await asyncio.to_thread(store.delete, name)
+    if not await asyncio.to_thread(store.delete, name):  # a concurrent delete was first
+        raise not_found(f"model '{name.display}' not found")
     return web.Response(status=200)
 
 
