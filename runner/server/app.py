@@ -23,7 +23,7 @@ from ..config import Settings
 from ..scheduler import Scheduler
 from . import anthropic, embed, generate, models_api, openai, responses
 from . import metrics, openapi, security
-from . import registry_api
+from . import registry_api, tokenize
 from .http import ApiError, dumps
 
 log = logging.getLogger("lm.server")
@@ -83,6 +83,7 @@ def make_app(settings: Settings) -> web.Application:
     models_api.add_routes(app)
     generate.add_routes(app)
     embed.add_routes(app)
+    tokenize.add_routes(app)
     openai.add_routes(app)
     responses.add_routes(app)
     anthropic.add_routes(app)
