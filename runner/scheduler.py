@@ -33,6 +33,7 @@ class LoadedModel:
     _expiry: asyncio.TimerHandle | None = None
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     main_gpu: int | None = None  # the request's main_gpu option when it was loaded
+    use_mmap: bool = True  # weights mapped from the file (use_mmap false: read into memory)
 
     @property
     def key(self) -> str:
@@ -85,7 +86,8 @@ class Scheduler:
         if lm is not None:
             stale = (lm.num_ctx != num_ctx or lm.config.digest != config.digest
                      or (num_gpu is not None and num_gpu != lm.num_gpu)
-                     or (main_gpu is not None and main_gpu != lm.main_gpu))
+                     or (main_gpu is not None and main_gpu != lm.main_gpu)
+                     or self._use_mmap(config, options) != lm.use_mmap)
             if not lm.proc.alive:
                 log.warning("runner for %s died; reloading", config.display)
                 await self._unload(lm)
@@ -172,6 +174,9 @@ class Scheduler:
             args += ["--contexts", "2"]  # sample one half of the slots while the GPU runs the other
         if "embedding" in config.capabilities:
             args.append("--embedding")  # an embedding model (BERT and kin): no generation context
+        use_mmap = self._use_mmap(config, options)
+        if not use_mmap:
+            args.append("--no-mmap")
         for adapter in config.adapters:  # LoRA layers, applied in manifest order
             args += ["--adapter", str(adapter)]
         proc = RunnerProcess(config.model_path, args, debug=self.settings.debug)
@@ -182,9 +187,16 @@ class Scheduler:
         await proc.start(self.settings.load_timeout)
         lm = LoadedModel(config, num_ctx, num_gpu, placement, proc,
                          keep_alive if keep_alive is not None else self.settings.keep_alive)
+        lm.use_mmap = use_mmap
         lm.idle.set()
         self.loaded[config.key] = lm
         return lm
+
+    @staticmethod
+    def _use_mmap(config: ModelConfig, options: dict) -> bool:
+        """The request's use_mmap, else the model's PARAMETER; unset maps the weights (llama.cpp's default)."""
+        value = options.get("use_mmap", config.parameters.get("use_mmap"))
+        return value is not False
 
     def release(self, lm: LoadedModel) -> None:
         lm.active -= 1
