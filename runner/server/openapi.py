@@ -107,6 +107,7 @@ def _schemas(s: Settings) -> dict:
                                {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
                                ("type", "text"))}]},
                            "name": {"type": "string"}, "tool_call_id": {"type": "string"}}, ("role",))
+    effort = {"type": "string", "enum": ["none", "minimal", "low", "medium", "high", "xhigh", "ultra", "max"]}
     openai_common = {
         "model": MODEL, "stream": {"type": "boolean"},
         "stream_options": _obj({"include_usage": {"type": "boolean"}}),
@@ -156,6 +157,7 @@ def _schemas(s: Settings) -> dict:
         "ModelRequest": _obj({"model": MODEL, "verbose": {"type": "boolean"}}, ("model",)),
         "CreateRequest": _obj({
             "model": MODEL, "from": {"type": "string"},
+            "requires": {"type": "string", "description": "the oldest Ollama the model works with (semver)"},
             "files": {"type": "object", "additionalProperties": DIGEST, "maxProperties": 64},
             "adapters": {"type": "object", "additionalProperties": DIGEST, "maxProperties": 64},
             "template": {"type": "string"}, "system": {"type": "string"},
@@ -199,6 +201,7 @@ def _schemas(s: Settings) -> dict:
                                     ("type",)),
             "tools": {"type": "array", "items": _ref("Tool")},
             "tool_choice": {"oneOf": [{"type": "string", "enum": ["none", "auto", "required"]}, {"type": "object"}]},
+            "reasoning_effort": effort, "reasoning": _obj({"effort": effort}),
         }, ("model", "messages")),
         "OpenAICompletionRequest": _obj({**openai_common, "prompt": {"type": "string"}, "suffix": {"type": "string"}},
                                         ("model", "prompt")),
@@ -213,7 +216,7 @@ def _schemas(s: Settings) -> dict:
         "ResponsesRequest": _obj({
             "model": MODEL, "instructions": {"type": "string"}, "stream": {"type": "boolean"},
             "input": {"oneOf": [{"type": "string"}, {"type": "array", "maxItems": s.max_messages, "items": _obj({
-                "type": {"type": "string", "enum": ["message", "function_call", "function_call_output"]},
+                "type": {"type": "string", "enum": ["message", "function_call", "function_call_output", "reasoning"]},
                 "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
                 "content": {"type": "string"}, "call_id": {"type": "string"}, "name": {"type": "string"},
                 "arguments": {"type": "string"}, "output": {"type": "string"}})}]},
@@ -225,6 +228,9 @@ def _schemas(s: Settings) -> dict:
                                                      ("type", "name"))},
             "text": _obj({"format": _obj({"type": {"type": "string", "enum": ["text", "json_object", "json_schema"]},
                                           "schema": {"type": "object"}})}),
+            "reasoning": _obj({"effort": effort, "summary": {"type": "string"}}),
+            "tool_choice": {"oneOf": [{"type": "string", "enum": ["none", "auto", "required"]}, {"type": "object"}]},
+            "previous_response_id": {"type": "string", "description": "refused: lm keeps no responses"},
         }, ("model", "input")),
         "AnthropicMessagesRequest": _obj({
             "model": MODEL, "max_tokens": {"type": "integer", "minimum": 1, "maximum": max_predict},
@@ -233,7 +239,8 @@ def _schemas(s: Settings) -> dict:
             "messages": {"type": "array", "minItems": 1, "maxItems": s.max_messages, "items": _obj({
                 "role": {"type": "string", "enum": ["user", "assistant"]},
                 "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": _obj({
-                    "type": {"type": "string", "enum": ["text", "tool_use", "tool_result"]},
+                    "type": {"type": "string", "enum": ["text", "tool_use", "tool_result", "thinking",
+                                                        "redacted_thinking"]},
                     "text": {"type": "string"}, "id": {"type": "string"}, "name": {"type": "string"},
                     "input": {"type": "object"}, "tool_use_id": {"type": "string"},
                     "content": {"type": "string"}}, ("type",))}]}}, ("role", "content"))},
@@ -244,6 +251,8 @@ def _schemas(s: Settings) -> dict:
             "stream": {"type": "boolean"},
             "tools": {"type": "array", "items": _obj({"name": {"type": "string"}, "description": {"type": "string"},
                                                       "input_schema": {"type": "object"}}, ("name",))},
+            "thinking": _obj({"type": {"type": "string", "enum": ["enabled", "disabled", "adaptive"]},
+                              "budget_tokens": {"type": "integer", "minimum": 0}}, ("type",)),
         }, ("model", "max_tokens", "messages")),
     }
 
