@@ -49,7 +49,7 @@ def test_no_proxy_bypasses_the_proxy(make_daemon, registry, tiny_gguf):  # noqa:
         out = d.cli("pull", name, "--insecure")
         assert out.returncode == 0, out.stderr
         assert proxy.requests == []
-    assert f"GET /v2/me/direct/manifests/latest" in registry.log_text()
+    assert "GET /v2/me/direct/manifests/latest" in registry.log_text()
 
 
 def test_https_pull_asks_the_https_proxy_for_a_tunnel(make_daemon, registry, tiny_gguf):  # noqa: F811
