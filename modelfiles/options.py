@@ -68,6 +68,14 @@ DEPRECATED_OPTIONS: frozenset[str] = frozenset(
     }
 )
 
+# The types the deprecated options had in Ollama's api.Options: a request's value is still checked against
+# them (a wrong type is a 400, as for every option), then ignored.
+DEPRECATED_TYPES: dict[str, type] = {
+    "penalize_newline": bool, "low_vram": bool, "f16_kv": bool, "logits_all": bool, "vocab_only": bool,
+    "use_mlock": bool, "mirostat": int, "mirostat_tau": float, "mirostat_eta": float,
+}
+assert set(DEPRECATED_TYPES) == DEPRECATED_OPTIONS
+
 # Ollama's api.DefaultOptions(), except num_ctx (Ollama picks it from OLLAMA_CONTEXT_LENGTH or the VRAM
 # size) and main_gpu/use_mmap (unset: the runtime decides). draft_num_predict is forced to 0 by Ollama
 # when the model has no draft model and neither the model nor the request sets it.
@@ -239,6 +247,8 @@ def validate_options(options: dict | None) -> tuple[dict, list[str]]:
     for name, value in options.items():
         kind = OPTION_TYPES.get(name)
         if kind is None:
+            if name in DEPRECATED_TYPES and value is not None:
+                _coerce(name, DEPRECATED_TYPES[name], value)  # typed as it was, though it does nothing now
             unknown.append(name)
             continue
         if value is None:

@@ -174,7 +174,8 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
 def new_session(**kw) -> aiohttp.ClientSession:
     # No overall timeout (a blob may take hours); a connection that stalls for a minute is an error.
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
-    return aiohttp.ClientSession(timeout=timeout, auto_decompress=False,
+    # trust_env: HTTPS_PROXY / HTTP_PROXY / NO_PROXY (and ~/.netrc) apply to pulls and pushes, as in Ollama
+    return aiohttp.ClientSession(timeout=timeout, auto_decompress=False, trust_env=True,
                                  connector=aiohttp.TCPConnector(limit=64), **kw)
 
 

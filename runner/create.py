@@ -31,6 +31,8 @@ from registry.gguf_info import GGUFInfo, is_gguf
 from registry.convert.quantize import QUANTIZABLE_SOURCES
 from registry.store import temp_name
 
+from .create_checks import Refused, check_requires, check_unsupported
+
 Progress = Callable[[str], None]
 _ROLES = {"system", "user", "assistant", "tool"}
 
@@ -55,6 +57,7 @@ class CreateRequest:
     messages: list | None
     license: list[str] | None
     quantize: str | None
+    requires: str | None = None  # REQUIRES: the oldest Ollama the model works with (see create_checks)
 
 
 def parse_create_request(body: dict) -> CreateRequest:
@@ -78,6 +81,11 @@ def parse_create_request(body: dict) -> CreateRequest:
                         license_, body.get("quantize"))
     if not req.from_ and not req.files:
         raise CreateError("neither 'from' nor 'files' was specified")
+    try:
+        check_unsupported(body)
+        req.requires = check_requires(body.get("requires"))
+    except Refused as exc:
+        raise CreateError(str(exc)) from None
     return req
 
 
@@ -205,6 +213,8 @@ def _create(store: Store, req: CreateRequest, progress: Progress) -> Manifest | 
     order = [MEDIA_MODEL, MEDIA_ADAPTER, MEDIA_TEMPLATE, MEDIA_SYSTEM, MEDIA_PARAMS, MEDIA_MESSAGES, MEDIA_LICENSE]
     ordered = [layer for media in order for layer in layers.get(media, [])]
     ordered += [layer for media, ls in layers.items() if media not in order for layer in ls]
+    if req.requires:
+        config = {**config, "requires": req.requires}
     config.setdefault("rootfs", {"type": "layers"})["diff_ids"] = [layer.digest for layer in ordered]
     config_digest, config_size = store.add_json_blob(config)
     progress("writing manifest")
@@ -301,7 +311,8 @@ def _model_file(store: Store, files: dict, quantize: str | None, progress: Progr
     if any(str(name).endswith(".safetensors") for name in files):
         return _convert(store, files, quantize, progress)
     if len(files) != 1:
-        raise CreateError("exactly one model file is supported in 'files'")
+        raise CreateError("exactly one model file is supported in 'files' (a second FROM, such as a vision "
+                          "projector, is not supported yet)")
     _safe_relative(next(iter(files)))  # the name is unused, but a path outside the model is refused (as Ollama)
     digest, path = _uploaded_blob(store, next(iter(files.values())), "blob {digest}")
     progress(f"using existing layer {digest}")

@@ -66,6 +66,12 @@ def _resolve_path(value: str, base: Path) -> Path | None:
 def create_body(name: str, mf: Modelfile, base: Path, blob_for: Callable[[Path], str]) -> dict:
     """`blob_for(path)` puts a local file into the store (upload or copy) and returns its digest."""
     body: dict = {"model": name}
+    # Refused before any upload: the server would refuse them too (see runner/create_checks.py)
+    if mf.extra_from:
+        raise ModelfileSourceError(f"FROM {mf.extra_from[0]}: a second FROM (such as a vision projector) is not "
+                                   "supported yet")
+    if mf.draft is not None:
+        raise ModelfileSourceError("DRAFT is not supported yet: lm has no speculative decoding")
     source = mf.from_
     if source.startswith(_DIGEST_PREFIXES):
         body["files"] = {"model.gguf": source.lstrip("@").replace("sha256-", "sha256:", 1)}
@@ -102,4 +108,7 @@ def create_body(name: str, mf: Modelfile, base: Path, blob_for: Callable[[Path],
         body["messages"] = mf.messages
     if mf.license:
         body["license"] = mf.license
+    for key in ("requires", "renderer", "parser"):  # sent as Ollama's CLI sends them; the server decides
+        if getattr(mf, key) is not None:
+            body[key] = getattr(mf, key)
     return body

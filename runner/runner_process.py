@@ -224,11 +224,23 @@ class RunnerProcess:
             raise RunnerError(CRASH_MESSAGE)
         return scores, counts
 
-    async def tokenize(self, text: str) -> list[int]:
+    async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        return (await self._call("tokenize", {"content": text, "add_special": add_special}))["tokens"]
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        """The text of token ids (special tokens written out); RunnerRejected for ids not in the vocabulary."""
+        return (await self._call("detokenize", {"tokens": tokens}))["content"]
+
+    async def _call(self, route: str, payload: dict) -> dict:
+        if not self.alive or self._session is None:
+            raise RunnerError(CRASH_MESSAGE)
         try:
-            async with self._session.post("http://runner/tokenize", json={"content": text}) as resp:
-                return (await resp.json())["tokens"]
-        except (aiohttp.ClientError, KeyError, TypeError) as exc:
+            async with self._session.post(f"http://runner/{route}", json=payload) as resp:
+                body = await resp.json(content_type=None)
+                if resp.status != 200:
+                    raise RunnerRejected(body.get("error") or f"runner answered {resp.status}", resp.status)
+                return body
+        except (aiohttp.ClientError, json.JSONDecodeError, ConnectionError, KeyError, TypeError, AttributeError) as exc:
             raise RunnerError(CRASH_MESSAGE) from exc
 
     async def stop(self) -> None:

@@ -42,6 +42,7 @@ class LoadedModel:
     _expiry: asyncio.TimerHandle | None = None
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     main_gpu: int | None = None  # the request's main_gpu option when it was loaded
+    use_mmap: bool = True  # weights mapped from the file (use_mmap false: read into memory)
 
     @property
     def key(self) -> str:
@@ -154,7 +155,8 @@ class Scheduler:
         if lm is not None:
             stale = (lm.num_ctx != num_ctx or lm.config.digest != config.digest
                      or (num_gpu is not None and num_gpu != lm.num_gpu)
-                     or (main_gpu is not None and main_gpu != lm.main_gpu))
+                     or (main_gpu is not None and main_gpu != lm.main_gpu)
+                     or self._use_mmap(config, options) != lm.use_mmap)
             if not lm.alive:
                 log.warning("runner for %s died; reloading", config.display)
                 await self._unload(lm)
@@ -245,6 +247,7 @@ class Scheduler:
             raise failed[0]
         lm = LoadedModel(config, num_ctx, num_gpu, [Replica(proc, p) for proc, p in zip(procs, placements)],
                          keep_alive if keep_alive is not None else self.settings.keep_alive)
+        lm.use_mmap = self._use_mmap(config, options)
         lm.idle.set()
         self.loaded[config.key] = lm
         return lm
@@ -278,6 +281,8 @@ class Scheduler:
             args += ["--contexts", "2"]  # sample one half of the slots while the GPU runs the other
         if {"embedding", "rerank"} & set(config.capabilities):
             args.append("--embedding")  # an embedding model or reranker (BERT and kin): no generation context
+        if not self._use_mmap(config, options):
+            args.append("--no-mmap")
         for adapter in config.adapters:  # LoRA layers, applied in manifest order
             args += ["--adapter", str(adapter)]
         if placement.remote:  # the workers' devices follow this host's GPUs, as the plan numbered them
@@ -291,6 +296,12 @@ class Scheduler:
                  config.display, num_ctx, placement.parallel, placement.gpu_layers, f": {gpus}" if gpus else "",
                  kv_type, placement.kv_bytes_per_slot / 2**20, flash)
         return RunnerProcess(config.model_path, args, debug=self.settings.debug)
+
+    @staticmethod
+    def _use_mmap(config: ModelConfig, options: dict) -> bool:
+        """The request's use_mmap, else the model's PARAMETER; unset maps the weights (llama.cpp's default)."""
+        value = options.get("use_mmap", config.parameters.get("use_mmap"))
+        return value is not False
 
     def release(self, lease: Lease) -> None:
         lease.replica.active -= 1

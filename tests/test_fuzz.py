@@ -31,7 +31,7 @@ FUZZ_ENV = {"LM_MAX_PREDICT": "8", "LM_MAX_CONTEXT": "1024", "LM_CONTEXT_LENGTH"
             "LM_KEEP_ALIVE": "10m", "LM_MAX_MESSAGES": "64", "LM_MAX_BATCH": "16"}
 NETWORK = {("POST", "/api/pull"), ("POST", "/api/push")}
 INFERENCE = {"/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/api/show", "/v1/chat/completions",
-             "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages"}
+             "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages", "/api/tokenize", "/api/detokenize"}
 TIMEOUT_S = 30
 
 
@@ -130,7 +130,8 @@ def test_served_spec_describes_every_route(fuzzed):
     for route in ["GET /", "GET /api/version", "POST /api/generate", "POST /api/chat", "POST /api/embed",
                   "POST /api/embeddings", "GET /api/tags", "POST /api/show", "POST /api/create",
                   "HEAD /api/blobs/{digest}", "POST /api/blobs/{digest}", "POST /api/copy", "DELETE /api/delete",
-                  "POST /api/pull", "POST /api/push", "GET /api/ps", "POST /v1/chat/completions",
+                  "POST /api/pull", "POST /api/push", "GET /api/ps", "POST /api/tokenize", "POST /api/detokenize",
+                  "POST /v1/chat/completions",
                   "POST /v1/completions", "POST /v1/embeddings", "GET /v1/models", "GET /v1/models/{model}",
                   "POST /v1/responses", "POST /v1/messages", "GET /metrics", "GET /openapi.json"]:
         assert tuple(route.split(" ", 1)) in described, route

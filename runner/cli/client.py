@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Iterator
 
@@ -39,9 +40,18 @@ def _connection_error(base: str, exc: BaseException) -> ClientError:
     return ClientError(f"lost the connection to lm at {base}: {reason or type(reason).__name__}")
 
 
+def _loopback(url: str) -> bool:
+    host = (urllib.parse.urlsplit(url).hostname or "").lower()
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
 class Client:
     def __init__(self, base_url: str | None = None):
         self.base = (base_url or client_base_url()).rstrip("/")
+        # A daemon on this machine is reached directly, never through HTTP_PROXY (as Go's clients, Ollama's
+        # among them, skip the proxy for loopback): HTTP_PROXY is set for the pulls the daemon makes.
+        handlers = [urllib.request.ProxyHandler({})] if _loopback(self.base) else []
+        self._open = urllib.request.build_opener(*handlers).open
 
     def _request(self, method: str, path: str, body=None, *, data: bytes | None = None, timeout=None):
         headers = {}
@@ -57,7 +67,7 @@ class Client:
             headers["Authorization"] = f"Bearer {key}"
         req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
         try:
-            return urllib.request.urlopen(req, timeout=timeout)
+            return self._open(req, timeout=timeout)
         except urllib.error.HTTPError as exc:
             raw = exc.read()
             try:
@@ -108,7 +118,7 @@ class Client:
         if key:
             req.add_header("Authorization", f"Bearer {key}")
         try:
-            urllib.request.urlopen(req).close()
+            self._open(req).close()
         except urllib.error.HTTPError as exc:
             try:
                 message = json.loads(exc.read() or b"{}").get("error") or str(exc)

@@ -10,22 +10,28 @@ from dataclasses import dataclass, field
 
 import llama_cpp as ll
 
+from modelfiles.options import DEFAULT_OPTIONS
+
+
+# Every default is Ollama's, from the one table the Modelfile parser and the server use too.
+_D = DEFAULT_OPTIONS
+
 
 @dataclass
 class SamplingOptions:
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.9
-    min_p: float = 0.0
-    typical_p: float = 1.0
-    repeat_last_n: int = 64
-    repeat_penalty: float = 1.1
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    seed: int = -1
+    temperature: float = _D["temperature"]
+    top_k: int = _D["top_k"]
+    top_p: float = _D["top_p"]
+    min_p: float = _D["min_p"]
+    typical_p: float = _D["typical_p"]
+    repeat_last_n: int = _D["repeat_last_n"]
+    repeat_penalty: float = _D["repeat_penalty"]
+    presence_penalty: float = _D["presence_penalty"]
+    frequency_penalty: float = _D["frequency_penalty"]
+    seed: int = _D["seed"]
     grammar: str | None = None
-    num_predict: int = -1
-    num_keep: int = 4
+    num_predict: int = _D["num_predict"]
+    num_keep: int = _D["num_keep"]
     stop: list[str] = field(default_factory=list)
     logprobs: bool = False  # report each sampled token's logprob (runner/engine/logprobs.py)
     top_logprobs: int = 0  # and this many most likely alternatives per token

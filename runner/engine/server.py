@@ -2,7 +2,8 @@
 
 Routes (internal, not a public API):
   GET  /health      -> {"status": "ok", "slots", "active", "n_ctx", "gpu_layers", ...}
-  POST /tokenize    {"content"} -> {"tokens"}
+  POST /tokenize    {"content", "add_special"} -> {"tokens"}
+  POST /detokenize  {"tokens"} -> {"content"}
   POST /completion  {"prompt": str, "options": {...}} -> NDJSON: {"content"} lines (with "logprobs" when the
                     options ask for them), then a final
                     {"done": true, "done_reason", counts and durations (ns), "context"} or {"error"}
@@ -116,8 +117,21 @@ class RunnerServer:
 
     async def tokenize(self, request: web.Request) -> web.Response:
         body = await request.json()
+        content, add_special = body.get("content", ""), body.get("add_special", True) is not False
+        if not isinstance(content, str):
+            return web.json_response({"error": "content must be a string"}, status=400)
         # Off the event loop, as every tokenizing: a long text must not stall the streams of the others.
-        return web.json_response({"tokens": await asyncio.to_thread(self.model.tokenize, body.get("content", ""))})
+        tokens = await asyncio.to_thread(self.model.tokenize, content, add_special=add_special)
+        return web.json_response({"tokens": tokens})
+
+    async def detokenize(self, request: web.Request) -> web.Response:
+        """Token ids back to text, special tokens written out (as llama-server's /detokenize)."""
+        tokens = (await request.json()).get("tokens")
+        n_vocab = self.model.n_vocab
+        if not isinstance(tokens, list) or not all(type(t) is int and 0 <= t < n_vocab for t in tokens):
+            return web.json_response({"error": f"tokens must be a list of token ids below {n_vocab}"}, status=400)
+        text = b"".join(self.model.piece(t, special=True) for t in tokens).decode("utf-8", errors="replace")
+        return web.json_response({"content": text})
 
     async def completion(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -287,6 +301,7 @@ class RunnerServer:
         return [
             web.get("/health", self.health),
             web.post("/tokenize", self.tokenize),
+            web.post("/detokenize", self.detokenize),
             web.post("/completion", self.completion),
             web.post("/embed", self.embed),
             web.post("/rerank", self.rerank),

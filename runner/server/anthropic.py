@@ -9,6 +9,7 @@ from aiohttp import web
 
 from .generate import gather_chat, prepare_chat
 from .http import ApiError, dumps, errors_as, read_json, translating
+from .reasoning import ReasoningError, think_from_anthropic
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
                 503: "overloaded_error"}
@@ -49,7 +50,7 @@ def _messages(body: dict) -> list[dict]:
         blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
         if not isinstance(blocks, list):
             raise _bad("messages: content must be a string or a list of content blocks")
-        text, calls = [], []
+        text, calls, thinking = [], [], []
         for b in blocks:
             kind = b.get("type") if isinstance(b, dict) else None
             if kind == "text":
@@ -57,6 +58,10 @@ def _messages(body: dict) -> list[dict]:
             elif kind == "tool_use":
                 names[b.get("id", "")] = b.get("name", "")
                 calls.append({"function": {"name": b.get("name", ""), "arguments": b.get("input") or {}}})
+            elif kind == "thinking":  # an earlier answer's thinking, given back
+                thinking.append(str(b.get("thinking", "")))
+            elif kind == "redacted_thinking":
+                continue  # encrypted by another provider: nothing a local model can read
             elif kind == "tool_result":
                 out.append({"role": "tool", "content": _blocks_text(b.get("content", "")),
                             "tool_name": names.get(b.get("tool_use_id", ""), "")})
@@ -66,6 +71,8 @@ def _messages(body: dict) -> list[dict]:
             msg = {"role": m["role"], "content": "".join(text)}
             if calls:
                 msg["tool_calls"] = calls
+            if thinking and m["role"] == "assistant":
+                msg["thinking"] = "".join(thinking)
             out.append(msg)
     return out
 
@@ -104,6 +111,11 @@ async def messages(request: web.Request) -> web.StreamResponse:
         native = {"model": model, "messages": _messages(body), "options": _options(body), "stream": True}
         if (tools := _tools(body)) is not None:
             native["tools"] = tools
+        try:
+            if (think := think_from_anthropic(body)) is not None:
+                native["think"] = think
+        except ReasoningError as exc:
+            raise _bad(str(exc)) from None
     prep = await prepare_chat(request, native)
     mid = f"msg_{secrets.token_hex(12)}"
     message = {"id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
@@ -115,14 +127,31 @@ async def messages(request: web.Request) -> web.StreamResponse:
             await out.prepare(request)
         await out.write(f"event: {kind}\ndata: ".encode() + dumps({"type": kind, **payload}) + b"\n\n")
 
-    if out:
-        await event("message_start", message=message)
-        await event("content_block_start", index=0, content_block={"type": "text", "text": ""})
+    # Streamed blocks open as their kind of output first comes: thinking (a model thinks first), then
+    # text, then the tool calls; each is closed before the next opens, as Anthropic's streams are.
+    blocks = {"open": None, "index": -1}
+
+    async def open_block(kind: str) -> int:
+        if blocks["open"] != kind:
+            if blocks["open"] is not None:
+                await event("content_block_stop", index=blocks["index"])
+            blocks["open"], blocks["index"] = kind, blocks["index"] + 1
+            start = {"type": "thinking", "thinking": "", "signature": ""} if kind == "thinking" else \
+                {"type": "text", "text": ""}
+            await event("content_block_start", index=blocks["index"], content_block=start)
+        return blocks["index"]
 
     async def text_delta(content: str) -> None:
-        await event("content_block_delta", index=0, delta={"type": "text_delta", "text": content})
+        await event("content_block_delta", index=await open_block("text"),
+                    delta={"type": "text_delta", "text": content})
 
-    answer = await gather_chat(prep, text_delta if out else None)
+    async def thinking_delta(thought: str) -> None:
+        await event("content_block_delta", index=await open_block("thinking"),
+                    delta={"type": "thinking_delta", "thinking": thought})
+
+    if out:
+        await event("message_start", message=message)
+    answer = await gather_chat(prep, text_delta if out else None, thinking_delta if out else None)
     if answer.error:
         if out:
             await event("error", error={"type": "api_error", "message": answer.error})
@@ -135,10 +164,15 @@ async def messages(request: web.Request) -> web.StreamResponse:
                     "input": c["function"].get("arguments") or {}} for c in calls]
     usage = {"input_tokens": final.get("prompt_eval_count", 0), "output_tokens": final.get("eval_count", 0)}
     if not out:
-        content = ([{"type": "text", "text": answer.text}] if answer.text or not calls else []) + tool_blocks
-        return web.json_response({**message, "content": content, "stop_reason": stop_reason, "usage": usage})
-    await event("content_block_stop", index=0)
-    for i, block in enumerate(tool_blocks, start=1):
+        thinking = [{"type": "thinking", "thinking": answer.thinking, "signature": ""}] if answer.thinking else []
+        text = [{"type": "text", "text": answer.text}] if answer.text or not calls else []
+        return web.json_response({**message, "content": thinking + text + tool_blocks, "stop_reason": stop_reason,
+                                  "usage": usage})
+    if blocks["open"] is None and not calls:
+        await open_block("text")  # an empty answer is still one (empty) text block
+    if blocks["open"] is not None:
+        await event("content_block_stop", index=blocks["index"])
+    for i, block in enumerate(tool_blocks, start=blocks["index"] + 1):
         await event("content_block_start", index=i, content_block={**block, "input": {}})
         await event("content_block_delta", index=i,
                     delta={"type": "input_json_delta", "partial_json": json.dumps(block["input"])})

@@ -11,12 +11,10 @@ import errno
 import json
 import logging
 import signal
-import time
-from pathlib import Path
 
 from aiohttp import web
 
-from registry import Store, StoreError
+from registry import Store
 
 from .. import __version__
 from ..config import Settings
@@ -24,7 +22,7 @@ from ..runner_process import remove_dead_runner_dirs
 from ..scheduler import Scheduler
 from . import anthropic, embed, generate, models_api, openai, responses
 from . import metrics, openapi, security
-from . import registry_api, rerank, webui
+from . import registry_api, rerank, tokenize, webui
 from .http import ApiError, dumps
 
 log = logging.getLogger("lm.server")
@@ -83,6 +81,7 @@ def make_app(settings: Settings) -> web.Application:
     generate.add_routes(app)
     embed.add_routes(app)
     rerank.add_routes(app)
+    tokenize.add_routes(app)
     openai.add_routes(app)
     responses.add_routes(app)
     anthropic.add_routes(app)

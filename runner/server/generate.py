@@ -70,8 +70,13 @@ async def _resolve(request: web.Request, body: dict) -> ModelConfig:
     name = parse_name(body.get("model") or body.get("name"))
     try:
         return await asyncio.to_thread(load_model_config, request.app["store"], name)
-    except ModelNotFound as exc:
-        raise not_found(str(exc)) from None
+    except ModelNotFound:
+        raise not_found(not_found_message(body)) from None
+
+
+def not_found_message(body: dict) -> str:
+    """Ollama's words for a missing model, naming it as the client did (`g270`, not `g270:latest`)."""
+    return f"model '{body.get('model') or body.get('name')}' not found"
 
 
 class Inference:
@@ -86,15 +91,14 @@ class Inference:
         self.failed = False  # set when the runner broke during this request
 
     async def __aenter__(self) -> "Inference":
-        before = self.scheduler.loaded.get(self.cfg.key)
         try:
             self.lm = await self.scheduler.acquire(self.cfg, self.options, self.keep_alive)
         except ServerBusy as exc:
             raise ApiError(503, str(exc)) from None
         except RunnerError as exc:
             raise ApiError(500, str(exc)) from None
-        if self.lm.model is not before:
-            self.load_duration = time.perf_counter() - self.t0
+        # The time spent getting the runner, a load or only the scheduler's wait (never 0, as Ollama's)
+        self.load_duration = time.perf_counter() - self.t0
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
@@ -187,6 +191,12 @@ def _think(body: dict, cfg: ModelConfig) -> bool | str | None:
     return value
 
 
+def _require(cfg: ModelConfig, capability: str) -> None:
+    """Ollama's capability check for what a request asks beyond completion (tools, a suffix to insert)."""
+    if capability not in cfg.capabilities:
+        raise bad_request(f"{cfg.stored.name} does not support {capability}")  # Ollama names the model in full here
+
+
 async def prepare_generate(request: web.Request, body: dict) -> Prepared:
     logprobs = _logprobs(body)
     cfg = await _resolve(request, body)
@@ -200,6 +210,8 @@ async def prepare_generate(request: web.Request, body: dict) -> Prepared:
     if raw and (template or system or context):
         raise bad_request("raw mode does not support template, system, or context")
     think = _think(body, cfg)
+    if suffix:
+        _require(cfg, "insert")
     if not prompt and not suffix and not context:
         return Prepared(request, body, cfg, "", False, load_only=await _load_only(request, cfg, body, chat=False))
     try:
@@ -231,8 +243,8 @@ async def prepare_chat(request: web.Request, body: dict) -> Prepared:
     messages = _check_messages(field(body, "messages", list, []))
     tools = field(body, "tools", list)
     think = _think(body, cfg)
-    if tools and "tools" not in cfg.capabilities:
-        raise bad_request(f"{cfg.stored.name} does not support tools")  # Ollama names the model in full here
+    if tools:
+        _require(cfg, "tools")
     if not messages:
         return Prepared(request, body, cfg, "", True, load_only=await _load_only(request, cfg, body, chat=True))
     try:
@@ -349,25 +361,30 @@ class ChatAnswer:
     tool_calls: list
     final: dict  # the last chunk, with done_reason and the counts
     error: str | None  # the runner failed mid-answer (the text so far is kept)
+    thinking: str = ""
 
 
-async def gather_chat(prep: Prepared, on_text=None) -> ChatAnswer:
-    """A whole chat answer for the routes that reshape it (Anthropic, Responses): each piece of text is
-    handed to `on_text` (an async callback, for streaming) as it comes."""
-    text, calls, final = [], [], {}
+async def gather_chat(prep: Prepared, on_text=None, on_thinking=None) -> ChatAnswer:
+    """A whole chat answer for the routes that reshape it (Anthropic, Responses): each piece of text,
+    and of thinking, is handed to `on_text` / `on_thinking` (async callbacks, for streaming) as it comes."""
+    text, thinking, calls, final = [], [], [], {}
     async with aclosing(chunks(prep)) as pieces:
         async for obj in pieces:
             if "error" in obj:
-                return ChatAnswer("".join(text), calls, final, obj["error"])
+                return ChatAnswer("".join(text), calls, final, obj["error"], "".join(thinking))
             msg = obj.get("message", {})
             if obj.get("done"):
                 final = obj
+            if thought := msg.get("thinking"):
+                thinking.append(thought)
+                if on_thinking:
+                    await on_thinking(thought)
             if content := msg.get("content"):
                 text.append(content)
                 if on_text:
                     await on_text(content)
             calls += msg.get("tool_calls") or []
-    return ChatAnswer("".join(text), calls, final, None)
+    return ChatAnswer("".join(text), calls, final, None, "".join(thinking))
 
 
 async def respond(prep: Prepared) -> web.StreamResponse:

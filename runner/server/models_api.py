@@ -10,6 +10,7 @@ import json
 from aiohttp import web
 
 from modelfiles import Modelfile, format_modelfile
+from modelfiles.gotemplate import go_quote
 from registry import (MEDIA_ADAPTER, DigestMismatch, InvalidDigest, InvalidGGUF, InvalidName, ModelName, Store,
                       StoreError, normalize_digest)
 
@@ -54,12 +55,24 @@ def model_details(store: Store, stored) -> dict:
 async def tags(request: web.Request) -> web.Response:
     store = _store(request)
 
+    def entry(m) -> dict:
+        out = {"name": m.name.display, "model": m.name.display, "modified_at": _iso(m.modified_at), "size": m.size,
+               "digest": m.digest, "details": model_details(store, m)}
+        # As Ollama's list: the GGUF's trained context and embedding width, and what the model can do
+        # (the GGUF header is read once per blob, then cached).
+        try:
+            cfg = load_model_config(store, m.name)
+            info = cfg.gguf
+        except (ModelNotFound, OSError, InvalidGGUF):
+            return out  # deleted under us, or an unreadable GGUF: listed as stored, without these
+        for key in ("context_length", "embedding_length"):
+            if getattr(info, key):
+                out["details"][key] = getattr(info, key)
+        out["capabilities"] = cfg.capabilities
+        return out
+
     def listing() -> list[dict]:
-        return [
-            {"name": m.name.display, "model": m.name.display, "modified_at": _iso(m.modified_at), "size": m.size,
-             "digest": m.digest, "details": model_details(store, m)}
-            for m in store.list_models()
-        ]
+        return [entry(m) for m in store.list_models()]
 
     return web.json_response({"models": await asyncio.to_thread(listing)})
 
@@ -101,6 +114,8 @@ async def show(request: web.Request) -> web.Response:
         }
         if cfg.messages:
             out["messages"] = cfg.messages
+        if cfg.config_blob.get("requires"):
+            out["requires"] = cfg.config_blob["requires"]  # REQUIRES, as Ollama shows it
         adapters = cfg.stored.manifest.layers_of(MEDIA_ADAPTER)
         if adapters:  # beyond Ollama's fields (its Modelfile's ADAPTER lines say only the blob path)
             out["adapters"] = [{"digest": layer.digest, "size": layer.size} for layer in adapters]
@@ -108,8 +123,8 @@ async def show(request: web.Request) -> web.Response:
 
     try:
         return web.json_response(await asyncio.to_thread(build))
-    except ModelNotFound as exc:
-        raise not_found(str(exc)) from None
+    except ModelNotFound:
+        raise not_found(f"model '{body.get('model') or body.get('name')}' not found") from None
     except InvalidGGUF as exc:
         raise web.HTTPInternalServerError(reason=str(exc)) from None
 
@@ -222,7 +237,7 @@ async def copy(request: web.Request) -> web.Response:
         return True
 
     if not await asyncio.to_thread(do_copy):
-        raise not_found(f"model '{source.display}' not found")
+        raise not_found(f"model {go_quote(body['source'])} not found")  # Ollama's %q, the name as given
     return web.Response(status=200)
 
 
@@ -232,7 +247,7 @@ async def delete(request: web.Request) -> web.Response:
     store = _store(request)
     found = await asyncio.to_thread(store.find, name)
     if found is None:
-        raise not_found(f"model '{name.display}' not found")
+        raise not_found(f"model '{body.get('model') or body.get('name')}' not found")  # as the client named it
     await request.app["scheduler"].unload(str(found.name).lower())
     if not await asyncio.to_thread(store.delete, name):  # a concurrent delete was first
         raise not_found(f"model '{name.display}' not found")

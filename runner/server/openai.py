@@ -18,6 +18,7 @@ from . import embed as native_embed
 from .generate import _keep_alive, _options as native_options, chunks, prepare_chat, prepare_generate
 from .http import ApiError, dumps, errors_as, read_json, translating
 from .models_api import parse_name
+from .reasoning import ReasoningError, openai_effort, think_from_effort
 
 
 def _error_shape(exc: ApiError) -> dict:
@@ -114,6 +115,8 @@ def _messages(raw) -> list[dict]:
             raise _bad("each message needs a role", "messages")
         role = "system" if m["role"] == "developer" else m["role"]
         msg = {"role": role, "content": _text_content(m.get("content"))}
+        if isinstance(thought := m.get("reasoning", m.get("reasoning_content")), str) and thought:
+            msg["thinking"] = thought  # an earlier answer's reasoning, given back (Ollama's field)
         calls = []
         for call in m.get("tool_calls") or []:
             fn = call.get("function") or {}
@@ -194,13 +197,28 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         if tools and body.get("tool_choice") != "none":
             native["tools"] = tools
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        try:
+            if (think := think_from_effort(openai_effort(body))) is not None:
+                native["think"] = think
+        except ReasoningError as exc:
+            raise _bad(str(exc), "reasoning_effort") from None
     prep = await prepare_chat(request, native)
     cid, created = f"chatcmpl-{secrets.token_hex(6)}", int(time.time())
     base = {"id": cid, "created": created, "model": model, "system_fingerprint": "fp_lm"}
     stream = bool(body.get("stream"))
-    content, calls, logprobs, final = [], [], [], {}
+    content, reasoning, calls, logprobs, final = [], [], [], [], {}
     sse = _SSE(request) if stream else None
     first = True
+
+    async def send_delta(delta: dict, logprobs: list | None = None) -> None:
+        nonlocal first
+        delta = {"role": "assistant", **delta} if first else delta
+        choice = {"index": 0, "delta": delta, "finish_reason": None}
+        if logprobs:
+            choice["logprobs"] = _choice_logprobs(logprobs)
+        await sse.send({**base, "object": "chat.completion.chunk", "choices": [choice]})
+        first = False
+
     async with aclosing(chunks(prep)) as pieces:
         async for obj in pieces:
             if "error" in obj:
@@ -213,16 +231,16 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             new_calls = msg.get("tool_calls") or []
             if obj.get("done"):
                 final = obj
-            if sse and (msg.get("content") or new_calls or obj.get("logprobs") or first):
-                delta = {"role": "assistant", "content": msg.get("content", "")} if first else \
-                    {"content": msg.get("content", "")}
+            thought, entries = msg.get("thinking"), obj.get("logprobs")
+            if sse and thought:  # reasoning in a chunk of its own, before any content of the same piece (Ollama's)
+                await send_delta({"content": "", "reasoning": thought}, entries)
+                entries = None  # sent with the reasoning, as Ollama's split keeps them on its first chunk
+            if sse and (msg.get("content") or new_calls or entries or (first and not thought)):
+                delta = {"content": msg.get("content", "")}
                 if new_calls:
                     delta["tool_calls"] = _tool_calls(new_calls, len(calls))
-                choice = {"index": 0, "delta": delta, "finish_reason": None}
-                if obj.get("logprobs"):
-                    choice["logprobs"] = _choice_logprobs(obj["logprobs"])
-                await sse.send({**base, "object": "chat.completion.chunk", "choices": [choice]})
-                first = False
+                await send_delta(delta, entries)
+            reasoning.append(thought or "")
             content.append(msg.get("content", ""))
             calls += new_calls
             logprobs += obj.get("logprobs") or []
@@ -234,6 +252,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             await sse.send({**base, "object": "chat.completion.chunk", "choices": [], "usage": _usage(final)})
         return await sse.done()
     message = {"role": "assistant", "content": "".join(content)}
+    if any(reasoning):
+        message["reasoning"] = "".join(reasoning)
     if calls:
         message["tool_calls"] = _tool_calls(calls)
     return web.json_response({**base, "object": "chat.completion", "usage": _usage(final),
@@ -344,7 +364,7 @@ async def get_model(request: web.Request) -> web.Response:
     found = request.app["store"].find(name)
     if found is None:
         raise ApiError(404, f"model '{request.match_info['model']}' not found")
-    return web.json_response(_model_entry(found))
+    return web.json_response({**_model_entry(found), "id": request.match_info["model"]})  # as asked, as Ollama's
 
 
 def add_routes(app: web.Application) -> None:

@@ -115,6 +115,7 @@ def _schemas(s: Settings) -> dict:
                                {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
                                ("type", "text"))}]},
                            "name": {"type": "string"}, "tool_call_id": {"type": "string"}}, ("role",))
+    effort = {"type": "string", "enum": ["none", "minimal", "low", "medium", "high", "xhigh", "ultra", "max"]}
     openai_common = {
         "model": MODEL, "stream": {"type": "boolean"},
         "stream_options": _obj({"include_usage": {"type": "boolean"}}),
@@ -180,6 +181,7 @@ def _schemas(s: Settings) -> dict:
         "ModelRequest": _obj({"model": MODEL, "verbose": {"type": "boolean"}}, ("model",)),
         "CreateRequest": _obj({
             "model": MODEL, "from": {"type": "string"},
+            "requires": {"type": "string", "description": "the oldest Ollama the model works with (semver)"},
             "files": {"type": "object", "additionalProperties": DIGEST, "maxProperties": 64},
             "adapters": {"type": "object", "additionalProperties": DIGEST, "maxProperties": 64},
             "template": {"type": "string"}, "system": {"type": "string"},
@@ -187,6 +189,14 @@ def _schemas(s: Settings) -> dict:
             "license": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
             "quantize": {"type": "string"}, "stream": {"type": "boolean"},
         }, ("model",)),
+        "TokenizeRequest": _obj({"model": MODEL, "content": {"type": "string"}, "add_special": {"type": "boolean"},
+                                 "options": _ref("Options"), "keep_alive": DURATION}, ("model", "content")),
+        "TokenizeResponse": _obj({"model": {"type": "string"},
+                                  "tokens": {"type": "array", "items": {"type": "integer"}}}),
+        "DetokenizeRequest": _obj({"model": MODEL, "options": _ref("Options"), "keep_alive": DURATION,
+                                   "tokens": {"type": "array", "items": {"type": "integer", "minimum": 0},
+                                              "maxItems": s.max_context}}, ("model", "tokens")),
+        "DetokenizeResponse": _obj({"model": {"type": "string"}, "content": {"type": "string"}}),
         "CopyRequest": _obj({"source": MODEL, "destination": MODEL}, ("source", "destination")),
         "PullRequest": _obj({"model": MODEL, "insecure": {"type": "boolean"}, "stream": {"type": "boolean"}},
                             ("model",)),
@@ -219,6 +229,7 @@ def _schemas(s: Settings) -> dict:
             "tools": {"type": "array", "items": _ref("Tool")},
             "tool_choice": {"oneOf": [{"type": "string", "enum": ["none", "auto", "required"]}, {"type": "object"}]},
             **logprobs,
+            "reasoning_effort": effort, "reasoning": _obj({"effort": effort}),
         }, ("model", "messages")),
         "OpenAICompletionRequest": _obj({**openai_common, "prompt": {"type": "string"}, "suffix": {"type": "string"},
                                          "logprobs": {"type": "integer", "minimum": 0, "maximum": 20}},
@@ -234,7 +245,7 @@ def _schemas(s: Settings) -> dict:
         "ResponsesRequest": _obj({
             "model": MODEL, "instructions": {"type": "string"}, "stream": {"type": "boolean"},
             "input": {"oneOf": [{"type": "string"}, {"type": "array", "maxItems": s.max_messages, "items": _obj({
-                "type": {"type": "string", "enum": ["message", "function_call", "function_call_output"]},
+                "type": {"type": "string", "enum": ["message", "function_call", "function_call_output", "reasoning"]},
                 "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
                 "content": {"type": "string"}, "call_id": {"type": "string"}, "name": {"type": "string"},
                 "arguments": {"type": "string"}, "output": {"type": "string"}})}]},
@@ -246,6 +257,9 @@ def _schemas(s: Settings) -> dict:
                                                      ("type", "name"))},
             "text": _obj({"format": _obj({"type": {"type": "string", "enum": ["text", "json_object", "json_schema"]},
                                           "schema": {"type": "object"}})}),
+            "reasoning": _obj({"effort": effort, "summary": {"type": "string"}}),
+            "tool_choice": {"oneOf": [{"type": "string", "enum": ["none", "auto", "required"]}, {"type": "object"}]},
+            "previous_response_id": {"type": "string", "description": "refused: lm keeps no responses"},
         }, ("model", "input")),
         "AnthropicMessagesRequest": _obj({
             "model": MODEL, "max_tokens": {"type": "integer", "minimum": 1, "maximum": max_predict},
@@ -254,7 +268,8 @@ def _schemas(s: Settings) -> dict:
             "messages": {"type": "array", "minItems": 1, "maxItems": s.max_messages, "items": _obj({
                 "role": {"type": "string", "enum": ["user", "assistant"]},
                 "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": _obj({
-                    "type": {"type": "string", "enum": ["text", "tool_use", "tool_result"]},
+                    "type": {"type": "string", "enum": ["text", "tool_use", "tool_result", "thinking",
+                                                        "redacted_thinking"]},
                     "text": {"type": "string"}, "id": {"type": "string"}, "name": {"type": "string"},
                     "input": {"type": "object"}, "tool_use_id": {"type": "string"},
                     "content": {"type": "string"}}, ("type",))}]}}, ("role", "content"))},
@@ -265,6 +280,8 @@ def _schemas(s: Settings) -> dict:
             "stream": {"type": "boolean"},
             "tools": {"type": "array", "items": _obj({"name": {"type": "string"}, "description": {"type": "string"},
                                                       "input_schema": {"type": "object"}}, ("name",))},
+            "thinking": _obj({"type": {"type": "string", "enum": ["enabled", "disabled", "adaptive"]},
+                              "budget_tokens": {"type": "integer", "minimum": 0}}, ("type",)),
         }, ("model", "max_tokens", "messages")),
     }
 
@@ -308,6 +325,10 @@ def build_spec(s: Settings) -> dict:
         "/api/rerank": {"post": _op("Rerank documents by relevance to a query (a reranker model)", "native",
                                     body=_body(_ref("RerankRequest")), ok=_json(_ref("RerankResponse")),
                                     errors=infer)},
+        "/api/tokenize": {"post": _op("Text to the model's token ids", "native", body=_body(_ref("TokenizeRequest")),
+                                      ok=_json(_ref("TokenizeResponse")), errors=infer)},
+        "/api/detokenize": {"post": _op("Token ids to text", "native", body=_body(_ref("DetokenizeRequest")),
+                                        ok=_json(_ref("DetokenizeResponse")), errors=infer)},
         "/api/tags": {"get": _op("List local models", "models", ok=_json(_ref("ModelList")), errors=(401, 500)),
                       "head": _op("List local models", "models", errors=(401,))},
         "/api/show": {"post": _op("Show a model", "models", body=_body(_ref("ModelRequest")),
