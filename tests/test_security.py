@@ -71,7 +71,7 @@ def test_health_routes_need_no_key(keyed, method, path):
     ("POST", "/api/generate", {"model": "tiny", "prompt": "hi", "stream": False}),
     ("DELETE", "/api/delete", {"model": "tiny"}), ("HEAD", "/api/blobs/sha256:" + "0" * 64, None),
     ("GET", "/metrics", None), ("GET", "/openapi.json", None), ("GET", "/api/nope", None),
-    ("POST", "/api/pull", {"model": "tiny"}),
+    ("POST", "/api/pull", {"model": "tiny"}), ("POST", "/api/tokenize", {"model": "tiny", "content": "hi"}),
 ])
 def test_every_other_route_needs_a_key(keyed, method, path, body):
     for headers in ({}, {"Authorization": f"Bearer {WRONG}"}, {"Authorization": KEY1}, {"X-Api-Key": WRONG},
