@@ -122,6 +122,8 @@ class Inference:
             "prompt_eval_duration": final.get("prompt_eval_duration", 0),
             "eval_count": final.get("eval_count", 0),
             "eval_duration": final.get("eval_duration", 0),
+            # Present only when the request speculated (runner/engine/speculative.py).
+            **{k: final[k] for k in ("draft_count", "draft_accepted_count") if k in final},
         }
 
 
@@ -333,6 +335,7 @@ async def chunk_batches(prep: Prepared) -> AsyncIterator[list[dict]]:
     metrics.observe_completion(cfg.display, final.get("prompt_eval_count") or 0, final.get("eval_count") or 0,
                                first_token_at - inf.t0 if first_token_at else None,
                                (final.get("eval_duration") or 0) / 1e9)
+    metrics.observe_drafts(cfg.display, final.get("draft_count"), final.get("draft_accepted_count"))
     last = chunk(parser.finish(), now_iso())
     last.update(done=True, done_reason=final.get("done_reason") or "stop", **inf.stats(final))
     if not prep.chat:
