@@ -33,6 +33,8 @@ class LoadedModel:
     _expiry: asyncio.TimerHandle | None = None
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     main_gpu: int | None = None  # the request's main_gpu option when it was loaded
+    draft_count: int = 0  # speculative decoding, over the requests it served: tokens drafted
+    draft_accepted_count: int = 0  # and of those, accepted
 
     @property
     def key(self) -> str:

@@ -336,6 +336,9 @@ async def chunk_batches(prep: Prepared) -> AsyncIterator[list[dict]]:
                                first_token_at - inf.t0 if first_token_at else None,
                                (final.get("eval_duration") or 0) / 1e9)
     metrics.observe_drafts(cfg.display, final.get("draft_count"), final.get("draft_accepted_count"))
+    if isinstance(final.get("draft_count"), int) and inf.lm is not None:  # for /api/ps
+        inf.lm.draft_count += final["draft_count"]
+        inf.lm.draft_accepted_count += final.get("draft_accepted_count") or 0
     last = chunk(parser.finish(), now_iso())
     last.update(done=True, done_reason=final.get("done_reason") or "stop", **inf.stats(final))
     if not prep.chat:
@@ -437,6 +440,9 @@ async def ps(request: web.Request) -> web.Response:
             "gpus": [{"id": index, "size_vram": size} for index, size in p.gpus],
             "kv_cache": {"type": p.kv_type, "slots": p.parallel, "bytes_per_slot": p.kv_bytes_per_slot},
         })
+        if lm.draft_count:  # speculative decoding served some of its requests
+            models[-1]["speculative"] = {"draft_count": lm.draft_count,
+                                         "draft_accepted_count": lm.draft_accepted_count}
     return web.json_response({"models": models})
 
 

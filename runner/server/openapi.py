@@ -203,7 +203,10 @@ def _schemas(s: Settings) -> dict:
             "context_length": {"type": "integer"}, "processor": {"type": "string"},
             "gpus": {"type": "array", "items": _obj({"id": {"type": "integer"}, "size_vram": {"type": "integer"}})},
             "kv_cache": _obj({"type": {"type": "string"}, "slots": {"type": "integer"},
-                              "bytes_per_slot": {"type": "integer"}})})}}),
+                              "bytes_per_slot": {"type": "integer"}}),
+            "speculative": _obj({"draft_count": {"type": "integer"}, "draft_accepted_count": {"type": "integer"}},
+                                description="/api/ps, once speculative decoding served a request: tokens "
+                                            "drafted and accepted since the model loaded")})}}),
         "ShowResponse": _obj({k: {"type": "string"} for k in ("license", "modelfile", "parameters", "template",
                                                               "system", "modified_at")}
                              | {"details": details, "model_info": {"type": "object"},
