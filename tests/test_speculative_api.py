@@ -23,11 +23,14 @@ def generate(daemon, model: str, **options) -> dict:
     return body
 
 
-@pytest.mark.parametrize("name", ["smollm2", "gemma3"])
-def test_greedy_answer_is_the_same_with_ngram_drafts(daemon, request, name):
+# gemma3 (Q4_K) with k = 2: a step of 4 or more rows of one sequence takes llama.cpp's CPU kernel for
+# 4-row blocks, whose rounding differs from the 1-row one (measured: the answer diverges at token 44,
+# as it does for 4 plain gemma3 requests decoded together); up to 3 rows it is bit-identical.
+@pytest.mark.parametrize("name, k", [("smollm2", 4), ("gemma3", 2)])
+def test_greedy_answer_is_the_same_with_ngram_drafts(daemon, request, name, k):
     model = request.getfixturevalue(name)
     plain = generate(daemon, model)
-    spec = generate(daemon, model, **NGRAM)
+    spec = generate(daemon, model, draft_type="ngram", draft_num_predict=k)
     assert spec["response"] == plain["response"]
     assert spec["context"] == plain["context"]  # token for token
     assert spec["eval_count"] == plain["eval_count"]

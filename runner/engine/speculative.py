@@ -12,6 +12,13 @@ Request options (Ollama's style, see README):
   draft_num_predict  k, the most tokens proposed per step (Ollama's option for its draft models:
                      default 4, 0 turns drafting off); 0..MAX_DRAFT_NUM_PREDICT, else a 400.
 
+Greedy output is token for token what it is without speculation wherever llama.cpp's kernels give a
+verify row the same numbers as a one-token step. On the CPU that held for smollm2 (Q4_1) at k = 4, and
+for gemma3 (Q4_K) up to k = 2: a step with 4 or more rows takes the repacked Q4_K kernel's 4-row path,
+whose rounding differs (gemma3's greedy answer then diverged at token 44, exactly as it does when 4
+plain requests decode together). So speculation keeps the CPU's batch-invariance promise as far as the
+kernels keep it for concurrent sequences, no further. Sampling keeps the target's distribution always.
+
 Under load the GPU (or the CPU's cores) is no longer idle between the weights' reads, so extra verify
 tokens cost real time: a group speculates only while at most LM_SPEC_MAX_SEQUENCES of its sequences
 decode (default 4), and the step's draft tokens stay within the batch.
