@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -196,6 +197,28 @@ def test_no_speculation_under_load(smollm2, copy_prompt, greedy_base):
         req = run.submit(copy_prompt, temperature=0, num_predict=48, **NGRAM)
         run.wait(req)
         assert generated(req) == tokens and req.draft_count == 0
+
+
+def test_mixed_prefill_steps_carry_drafts_beside_prompt_chunks(smollm2, copy_prompt, greedy_base):
+    """The GPU's step shape (prompt chunks mixed into decode steps): a request alone decodes as before,
+    and a newcomer's prompt shares steps with another's drafts without overflowing the batch."""
+    tokens, _, _ = greedy_base
+    with Run(smollm2, mixed_prefill=True) as run:
+        alone = run.submit(copy_prompt, temperature=0, num_predict=48, **NGRAM)
+        run.wait(alone)
+        assert generated(alone) == tokens and alone.draft_accepted_count > 0
+        first = run.submit(copy_prompt, temperature=0, num_predict=48, **NGRAM)
+        while first.eval_count < 2:
+            assert not run.ended[first.id].is_set()
+            time.sleep(0.01)
+        later = [run.submit(smollm2.tokenize(COPY_PROMPT + "Again: "), temperature=0, num_predict=8, **NGRAM)
+                 for _ in range(2)]
+        for req in [first, *later]:
+            run.wait(req)  # and no engine error
+        # Mixed steps are not batch-invariant (DESIGN.md): lengths, not tokens, are what must hold.
+        assert first.eval_count == len(tokens) and run.reason[first.id] == "stop"
+        assert all(r.eval_count == 8 and run.reason[r.id] == "length" for r in later)
+        assert first.draft_accepted_count > 0
 
 
 def test_num_predict_stop_strings_and_logprobs_hold(smollm2, copy_prompt, greedy_base):

@@ -414,7 +414,8 @@ class Engine:
             # busy slot leaves a gap in it (idle ones get fillers); the blocks below add a pass each.
             base = 1
             busy = [s.seq_id for s in group.slots if s.busy]
-            budget = capacity - len(busy) - len(self._gap_fillers(group, busy)) - sum(len(s.draft) for s in decoding)
+            drafts = sum(len(s.draft) for s in decoding)
+            budget = capacity - len(busy) - len(self._gap_fillers(group, busy)) - drafts
         else:
             base, budget = 0, capacity
         chunks = self._prompt_blocks(group, prefilling, base, budget, more_blocks=bool(decoding))
@@ -430,10 +431,11 @@ class Engine:
         Under load (more than spec_max_sequences decoding) no sequence speculates: the step costs what it
         would without speculation. A chain that samples on the backend gets no drafts either (its
         sampler sees one row per sequence)."""
-        allowed = len(decoding) <= self.spec_max_sequences
+        if len(decoding) > self.spec_max_sequences or not any(s.drafter for s in decoding):
+            return [(s, 1, False) for s in decoding]  # only slots with a drafter ever hold drafts
         for s in decoding:
             s.draft = []
-            if allowed and s.drafter is not None and not s.on_backend and not s.top_k_attached:
+            if s.drafter is not None and not s.on_backend and not s.top_k_attached:
                 k = speculative.draft_limit(
                     s.req.options.draft_num_predict, cached=len(s.cached), n_ctx=self.n_ctx,
                     generated=s.generated, num_predict=s.req.options.num_predict,
