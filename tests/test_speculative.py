@@ -245,6 +245,24 @@ def test_num_predict_stop_strings_and_logprobs_hold(smollm2, copy_prompt, greedy
             assert mine["logprob"] == pytest.approx(theirs["logprob"], abs=1e-3)
 
 
+def test_context_shift_falls_where_it_does_without_speculation(smollm2_path):
+    """A 128-token context, a 90-token prompt and an answer that runs past the end: the context shifts
+    (drafts never reach past the room the engine checks for), and the tokens are the same."""
+    m = LoadedModel(str(smollm2_path), ContextConfig(n_ctx_per_seq=128, n_seq=4, n_threads=1))
+    try:
+        prompt = m.tokenize(("red green blue " * 30).strip())
+        with Run(m) as run:
+            plain = run.submit(prompt, temperature=0, num_predict=120)
+            run.wait(plain)
+            spec = run.submit(prompt, temperature=0, num_predict=120, **NGRAM)
+            run.wait(spec)
+        assert len(prompt) + plain.eval_count > 128  # it went past the context's end
+        assert generated(spec) == generated(plain) and run.reason[spec.id] == run.reason[plain.id]
+        assert spec.draft_accepted_count > 0
+    finally:
+        m.close()
+
+
 def test_seeded_sampling_with_penalties_gives_the_same_text(smollm2, copy_prompt):
     """The chain accepts exactly the emitted tokens (penalty history, RNG draws): a seeded request gives
     the same text with speculation as without."""

@@ -54,9 +54,9 @@ def test_concurrent_requests_keep_their_answers(daemon, smollm2):
     assert results[1]["draft_accepted_count"] > 0 and results[2]["draft_accepted_count"] > 0
 
 
-def test_a_models_parameter_turns_it_on_and_metrics_and_ps_count_it(daemon, smollm2):
+def test_a_models_parameter_turns_it_on_and_metrics_ps_and_cli_show_it(daemon, smollm2):
     status, body = daemon.post("/api/create", {"model": "smollm2-spec", "from": smollm2, "stream": False,
-                                               "parameters": {"draft_type": "ngram"}})
+                                               "parameters": {"draft_type": "ngram", "num_predict": 48}})
     assert status == 200, body
     before = scrape(daemon)
     spec = generate(daemon, "smollm2-spec")  # draft_num_predict: its default, 4
@@ -69,6 +69,9 @@ def test_a_models_parameter_turns_it_on_and_metrics_and_ps_count_it(daemon, smol
     status, ps = daemon.get("/api/ps")
     loaded = {m["name"]: m for m in ps["models"]}
     assert loaded["smollm2-spec:latest"]["speculative"]["draft_accepted_count"] >= spec["draft_accepted_count"]
+    r = daemon.cli("run", "smollm2-spec", PROMPT, "--verbose")
+    assert r.returncode == 0, r.stderr
+    assert "draft acceptance:     " in r.stderr and "eval rate" in r.stderr
     off = generate(daemon, "smollm2-spec", draft_num_predict=0)  # 0 turns it off, as in Ollama
     assert "draft_count" not in off and off["context"] == spec["context"]
 
