@@ -34,9 +34,9 @@ def test_ngram_proposes_what_followed_the_latest_earlier_occurrence():
     d = NgramDraft()
     history = [1, 2, 3, 4, 5, 9, 1, 2, 3]
     assert d.propose(history, 4) == [4, 5, 9, 1]
-    assert d.propose(history, 2) == [4, 5]
-    history += [7, 8, 2, 3]  # "2 3" again; the trigram "8 2 3" is new, so the bigram answers
-    assert d.propose(history, 3) == [7, 8, 2]  # its latest earlier occurrence (positions 7, 8)
+    assert d.propose(history, 2) == [4, 5]  # asked again before anything followed: the same answer
+    history += [4, 7, 8, 2, 3]  # "2 3" again; the trigram "8 2 3" is new, so the bigram answers
+    assert d.propose(history, 3) == [4, 7, 8]  # its latest earlier occurrence (positions 7, 8)
 
 
 def test_ngram_prefers_the_trigram_and_the_most_recent_match():
@@ -47,6 +47,21 @@ def test_ngram_prefers_the_trigram_and_the_most_recent_match():
     e = NgramDraft()
     history = [4, 5, 6, 7, 0, 4, 5, 6, 8, 4, 5, 6]
     assert e.propose(history, 2) == [8, 4]
+
+
+def test_ngram_backs_off_after_rejected_proposals():
+    d = NgramDraft()
+    history = [1, 2, 3, 4, 1, 2, 3]
+    assert d.propose(history, 2) == [4, 1]
+    history.append(9)  # rejected: the model went on with 9, not 4
+    history += [1, 2, 3]
+    assert d.propose(history, 2) == []  # one chance skipped
+    assert d.propose(history, 2) == [9, 1]  # then it proposes again (the latest match)
+    history += [5, 1, 2, 3]  # rejected again: two chances skipped
+    assert [d.propose(history, 2) for _ in range(3)] == [[], [], [5, 1]]
+    history += [5]  # accepted: no back-off after it
+    history += [1, 2, 3]
+    assert d.propose(history, 2) == [5, 1]
 
 
 def test_ngram_without_a_match_or_room_proposes_nothing():

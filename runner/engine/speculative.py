@@ -14,14 +14,15 @@ Request options (Ollama's style, see README):
 
 Greedy output is token for token what it is without speculation wherever llama.cpp's kernels give a
 verify row the same numbers as a one-token step. On the CPU that held for smollm2 (Q4_1) at k = 4, and
-for gemma3 (Q4_K) up to k = 2: a step with 4 or more rows takes the repacked Q4_K kernel's 4-row path,
-whose rounding differs (gemma3's greedy answer then diverged at token 44, exactly as it does when 4
-plain requests decode together). So speculation keeps the CPU's batch-invariance promise as far as the
-kernels keep it for concurrent sequences, no further. Sampling keeps the target's distribution always.
+for gemma3 (Q4_K) up to k = 2 only: with 4 or more rows in a step its answer diverged at token 44,
+exactly as it does when 4 plain requests decode together (measured; most likely the repacked Q4_K
+matmul's path for blocks of 4 rows). So speculation keeps the CPU's batch-invariance promise as far as
+the kernels keep it for concurrent sequences, no further. Sampling keeps the target's distribution.
 
-Under load the GPU (or the CPU's cores) is no longer idle between the weights' reads, so extra verify
-tokens cost real time: a group speculates only while at most LM_SPEC_MAX_SEQUENCES of its sequences
-decode (default 4), and the step's draft tokens stay within the batch.
+Where proposals stop paying for one request (its text stops copying), its NgramDraft backs off by
+itself. Under load the GPU (or the CPU's cores) is no longer idle between the weights' reads, so extra
+verify tokens cost real time: a group speculates only while at most LM_SPEC_MAX_SEQUENCES of its
+sequences decode (default 4), and the step's draft tokens stay within the batch.
 """
 
 from __future__ import annotations
@@ -67,17 +68,31 @@ class NgramDraft:
     occurrence of the last n tokens (n = 3, else 2) and propose the tokens that followed it.
 
     An index from each n-gram to the end of its latest occurrence is kept up to date as the history
-    grows, so a proposal costs a few dict operations, not a scan of the context."""
+    grows, so a proposal costs a few dict operations, not a scan of the context.
+
+    Where the text stops copying, proposals stop paying: each costs the step k more rows. So after a
+    proposal whose first token was rejected, the next 1, 2, 4, ... up to MAX_BACKOFF chances to propose
+    are skipped; an accepted proposal ends the back-off. (The history shows what was accepted.)"""
+
+    MAX_BACKOFF = 8
 
     def __init__(self, sizes: Sequence[int] = (3, 2)):
         self.sizes = tuple(sizes)
         self._latest: dict[int, dict[tuple, int]] = {n: {} for n in self.sizes}
         self._indexed = 0  # n-grams ending at positions 1.._indexed are in the index
+        self._last: tuple[int, int] | None = None  # (history length, first token) of the last proposal
+        self._backoff = 0  # chances skipped after the latest miss
+        self._skip = 0  # chances still to skip
 
     def propose(self, history: Sequence[int], k: int) -> list[int]:
         end = len(history)
         if k <= 0:
             return []
+        if self._last is not None and self._last[0] < end:  # judge the last proposal by what followed
+            hit = history[self._last[0]] == self._last[1]
+            self._backoff = 0 if hit else min(max(2 * self._backoff, 1), self.MAX_BACKOFF)
+            self._skip = self._backoff
+            self._last = None
         # Index every n-gram that ends before the last position: the one ending there is the query, and
         # an occurrence must leave at least one token after it to propose.
         for e in range(self._indexed + 1, end):
@@ -85,11 +100,15 @@ class NgramDraft:
                 if e >= n:
                     table[tuple(history[e - n:e])] = e
         self._indexed = max(self._indexed, end - 1)
+        if self._skip:
+            self._skip -= 1
+            return []
         for n in self.sizes:
             if end < n:
                 continue
             found = self._latest[n].get(tuple(history[end - n:end]))
             if found is not None:
+                self._last = (end, history[found])
                 return list(history[found:found + k])
         return []
 
