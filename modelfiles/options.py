@@ -42,6 +42,8 @@ OPTION_TYPES: dict[str, type] = {
     "presence_penalty": float,
     "frequency_penalty": float,
     "stop": list,
+    # lm's own (not Ollama's): speculative decoding's draft source, "ngram" (runner/engine/speculative.py)
+    "draft_type": str,
     # runner (load-time) options
     "num_ctx": int,
     "num_batch": int,

@@ -43,6 +43,8 @@ class LoadedModel:
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     main_gpu: int | None = None  # the request's main_gpu option when it was loaded
     use_mmap: bool = True  # weights mapped from the file (use_mmap false: read into memory)
+    draft_count: int = 0  # speculative decoding, over the requests it served: tokens drafted
+    draft_accepted_count: int = 0  # and of those, accepted
 
     @property
     def key(self) -> str:

@@ -52,7 +52,7 @@ class TestOptionTable:
             "stop": list, "num_ctx": int, "num_batch": int, "num_gpu": int, "main_gpu": int,
             "use_mmap": bool, "num_thread": int, "draft_num_predict": int,
         }  # fmt: skip
-        assert OPTION_TYPES == expected
+        assert OPTION_TYPES == {**expected, "draft_type": str}  # lm's own: the speculative draft source
 
     def test_deprecated_and_removed_are_not_options(self):
         for name in DEPRECATED_OPTIONS | {"numa", "tfs_z", "num_gqa", "low_vram"}:

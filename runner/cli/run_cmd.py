@@ -127,6 +127,11 @@ def print_stats(final: dict) -> None:
     if eval_ns > 0:
         lines.append(f"eval duration:        {go_duration(eval_ns)}")
         lines.append(f"eval rate:            {eval_count / (eval_ns / 1e9):.2f} tokens/s")
+    drafted = final.get("draft_count")
+    if isinstance(drafted, int):  # lm's own line: the request speculated (runner/engine/speculative.py)
+        accepted = final.get("draft_accepted_count") or 0
+        rate = f" ({100 * accepted / drafted:.1f}%)" if drafted else ""
+        lines.append(f"draft acceptance:     {accepted}/{drafted} token(s){rate}")
     sys.stderr.write("".join(line + "\n" for line in lines))
 
 

@@ -46,6 +46,7 @@ from typing import Callable
 
 import llama_cpp as ll
 
+from . import speculative
 from .batch_buffer import BatchBuffer
 from .logprobs import token_logprob
 from .model import LoadedModel
@@ -88,6 +89,9 @@ class Request:
     t_first_token: float = 0.0
     t_done: float = 0.0
     context: list[int] = field(default_factory=list)  # prompt + generated tokens, for /api/generate's `context`
+    speculative: bool = False  # its options asked for a draft source (speculative.py)
+    draft_count: int = 0  # tokens proposed by the draft source and verified
+    draft_accepted_count: int = 0  # of those, the ones the target agreed with
 
     @property
     def prompt_eval_duration(self) -> float:
@@ -114,6 +118,8 @@ class _Slot:
         self.top_k_attached = False
         self.stream: TextStream | None = None
         self.generated = 0
+        self.drafter: speculative.DraftSource | None = None  # the request's draft source, if it speculates
+        self.draft: list[int] = []  # tokens proposed for the step being planned or in flight
 
     @property
     def busy(self) -> bool:
@@ -129,6 +135,7 @@ class _Group:
         self.slots = [_Slot(self, i) for i in range(n_slots)]
         self.buffer = BatchBuffer(capacity)
         self.inflight: list[tuple[_Slot, int]] = []  # outputs of a launched step not yet sampled
+        self.drafted = False  # the launched step carries draft tokens to verify
         self.last_step_was_prefill = False
 
     @property
@@ -155,6 +162,7 @@ class Engine:
         backend_sampling: bool = False,
         backend_top_k: int = 0,
         on_fatal: Callable[[str], None] | None = None,
+        spec_max_sequences: int | None = None,
     ):
         self.model = model
         self.n_ctx = model.cfg.n_ctx_per_seq
@@ -168,6 +176,9 @@ class Engine:
         self.mixed_prefill = mixed_prefill
         self.backend_sampling = backend_sampling
         self.backend_top_k = 0 if backend_sampling else max(backend_top_k, 0)
+        # Speculation only while a group decodes at most this many sequences (speculative.py).
+        self.spec_max_sequences = (speculative.max_sequences_from_env() if spec_max_sequences is None
+                                   else spec_max_sequences)
         self._waiting: deque[Request] = deque()
         self._lock = threading.Condition()
         self._stop = False
@@ -316,6 +327,8 @@ class Engine:
         slot.pending = prompt[reuse:]
         slot.stream = TextStream(req.options.stop)
         slot.generated = 0
+        slot.drafter = speculative.draft_source_for(req.options.draft_type, req.options.draft_num_predict)
+        req.speculative = slot.drafter is not None
         req.prompt_eval_count = len(slot.pending)
         req.context = list(prompt)
 
@@ -366,8 +379,9 @@ class Engine:
         slot.chain = slot.chain_key = None
 
     def _release(self, slot: _Slot) -> None:
-        slot.req = slot.stream = None
+        slot.req = slot.stream = slot.drafter = None
         slot.pending = []
+        slot.draft = []
         if slot.on_backend:
             # llama.cpp samples with every attached chain at every step, for idle sequences too (on a
             # dummy row, to keep its graph static): an idle slot's chain would cost GPU time each step.
@@ -390,8 +404,8 @@ class Engine:
                 s = prefilling[0]
                 return [(s, min(len(s.pending), group.buffer.capacity), True)]
             group.last_step_was_prefill = False
-            return [(s, 1, False) for s in decoding]
-        plan = [(s, 1, False) for s in decoding]
+            return self._decodes(group, decoding)
+        plan = self._decodes(group, decoding)
         if not prefilling:
             return plan
         capacity = group.buffer.capacity
@@ -400,7 +414,8 @@ class Engine:
             # busy slot leaves a gap in it (idle ones get fillers); the blocks below add a pass each.
             base = 1
             busy = [s.seq_id for s in group.slots if s.busy]
-            budget = capacity - len(busy) - len(self._gap_fillers(group, busy))
+            drafts = sum(len(s.draft) for s in decoding)
+            budget = capacity - len(busy) - len(self._gap_fillers(group, busy)) - drafts
         else:
             base, budget = 0, capacity
         chunks = self._prompt_blocks(group, prefilling, base, budget, more_blocks=bool(decoding))
@@ -409,6 +424,25 @@ class Engine:
             if n:
                 plan.append((s, n, True))
         return plan
+
+    def _decodes(self, group: _Group, decoding: list[_Slot]) -> list[tuple[_Slot, int, bool]]:
+        """The decode entries of a step: one token per sequence, plus the drafts of those that speculate.
+
+        Under load (more than spec_max_sequences decoding) no sequence speculates: the step costs what it
+        would without speculation. A chain that samples on the backend gets no drafts either (its
+        sampler sees one row per sequence)."""
+        if len(decoding) > self.spec_max_sequences or not any(s.drafter for s in decoding):
+            return [(s, 1, False) for s in decoding]  # only slots with a drafter ever hold drafts
+        for s in decoding:
+            s.draft = []
+            if s.drafter is not None and not s.on_backend and not s.top_k_attached:
+                k = speculative.draft_limit(
+                    s.req.options.draft_num_predict, cached=len(s.cached), n_ctx=self.n_ctx,
+                    generated=s.generated, num_predict=s.req.options.num_predict,
+                    capacity=group.buffer.capacity, slots=len(group.slots))
+                if k:
+                    s.draft = s.drafter.propose(s.req.context, k)
+        return [(s, 1 + len(s.draft), False) for s in decoding]
 
     def _prompt_blocks(self, group: _Group, prefilling: list[_Slot], base: int, budget: int,
                        more_blocks: bool) -> dict[int, int]:
@@ -468,6 +502,7 @@ class Engine:
         buf.clear()
         fillers = [(s, 1, None) for s in self._gap_fillers(group, [s.seq_id for s, _, _ in plan])]
         outputs: list[tuple[_Slot, int]] = []
+        drafted = False
         # In sequence id order: llama.cpp looks for runs of consecutive ids in batch order.
         for slot, n, is_prefill in sorted(plan + fillers, key=lambda entry: entry[0].seq_id):
             start = len(slot.cached)
@@ -486,6 +521,12 @@ class Engine:
                 slot.prefilled = len(slot.cached)
                 if last:
                     outputs.append((slot, idx))
+            elif slot.draft:  # the last token and the drafts to verify, each with its logits
+                tokens = [slot.last_token, *slot.draft]
+                idx = buf.add(tokens, start, slot.seq_id, True, all_logits=True)
+                slot.cached.extend(tokens)
+                outputs.append((slot, idx))
+                drafted = True
             else:
                 idx = buf.add((slot.last_token,), start, slot.seq_id, True)
                 slot.cached.append(slot.last_token)
@@ -496,6 +537,7 @@ class Engine:
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
         group.inflight = outputs
+        group.drafted = drafted
         if prof:
             prof.mark("decode")
 
@@ -506,17 +548,21 @@ class Engine:
         if prof:
             ll.llama_synchronize(group.ctx)  # the wait for the GPU, apart from sampling's time
             prof.mark("gpu")
-        tokens = self._sample(group.ctx, outputs)
+        tokens = self._sample(group.ctx, outputs, group.drafted)
         if prof:
             prof.mark("sample")
         now = time.perf_counter()
         for (slot, idx), token in zip(outputs, tokens):
-            self._take_token(slot, token, now, events, group.ctx, idx)
+            if type(token) is list:
+                self._take_verified(slot, token, now, events, group.ctx, idx)
+            else:
+                self._take_token(slot, token, now, events, group.ctx, idx)
         if prof:
             prof.mark("tokens")
 
-    def _sample(self, ctx, outputs: list[tuple[_Slot, int]]) -> list[int]:
-        """One token per output, sampled by each sequence's C sampler chain.
+    def _sample(self, ctx, outputs: list[tuple[_Slot, int]], drafted: bool = False) -> list[int | list[int]]:
+        """One token per output, sampled by each sequence's C sampler chain; for a sequence that carried
+        drafts (`drafted`: some did), the list of tokens its verification emits (speculative.verify).
 
         Sampling walks the whole vocabulary once per sequence (building its candidate array), which
         for many sequences costs more than the GPU's decode step. The chains are independent and ctypes
@@ -524,16 +570,24 @@ class Engine:
         The first logits read synchronizes the context (and reorders outputs) before any worker starts,
         after which reads are plain memory reads.
         """
+        if drafted:
+            def one(slot: _Slot, idx: int) -> int | list[int]:
+                if not slot.draft:
+                    return slot.chain.sample(ctx, idx)
+                sample = lambda i: slot.chain.sample(ctx, i)  # noqa: E731 - the chain, on row i
+                return speculative.verify(sample, idx - len(slot.draft), slot.draft)
+        else:
+            one = lambda slot, idx: slot.chain.sample(ctx, idx)  # noqa: E731
         if (len(outputs) < 2 * self._min_per_worker or self._pool is None
                 or all(slot.on_backend for slot, _ in outputs)):  # backend-sampled: a read and an accept
-            return [slot.chain.sample(ctx, idx) for slot, idx in outputs]
+            return [one(slot, idx) for slot, idx in outputs]
         if self.backend_sampling or self.backend_top_k:
             ll.llama_get_sampled_token_ith(ctx, outputs[0][1])  # the same sync, whatever the first output
         else:
             ll.llama_get_logits_ith(ctx, outputs[0][1])
         n = min(self._workers, len(outputs) // self._min_per_worker)
         groups = [outputs[i::n] for i in range(n)]
-        results = list(self._pool.map(lambda g: [slot.chain.sample(ctx, idx) for slot, idx in g], groups))
+        results = list(self._pool.map(lambda g: [one(slot, idx) for slot, idx in g], groups))
         tokens = [0] * len(outputs)
         for i, group_tokens in enumerate(results):
             tokens[i::n] = group_tokens
@@ -577,6 +631,30 @@ class Engine:
             return
         if text or lp:
             events.append(Event(req, text=text, logprobs=lp))
+
+    def _take_verified(self, slot: _Slot, tokens: list[int], now: float, events: list[Event], ctx,
+                       index: int) -> None:
+        """Hands on the tokens of a verified draft (output `index` is the last draft token's row).
+
+        The KV of the rejected drafts goes first, so that the slot's cache holds the last token and the
+        accepted drafts, as if they had been decoded one by one; the next step decodes the final token
+        (the target's correction or bonus) as usual. Each token then goes through _take_token with its
+        own row, so EOG, stop strings, num_predict and logprobs apply per token exactly as without
+        speculation; once the request finishes the rest are dropped."""
+        req, draft = slot.req, slot.draft
+        slot.draft = []
+        accepted = len(tokens) - 1
+        req.draft_count += len(draft)
+        req.draft_accepted_count += accepted
+        keep = len(slot.cached) - (len(draft) - accepted)
+        if keep < len(slot.cached):
+            ll.llama_memory_seq_rm(slot.group.memory, slot.seq_id, keep, -1)
+            del slot.cached[keep:]
+        first = index - len(draft)
+        for j, token in enumerate(tokens):
+            self._take_token(slot, token, now, events, ctx, first + j)
+            if slot.req is not req:  # finished
+                return
 
     def _piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)

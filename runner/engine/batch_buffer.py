@@ -37,14 +37,15 @@ class BatchBuffer:
     def clear(self) -> None:
         self.n = 0
 
-    def add(self, tokens, start_pos: int, seq_id: int, want_last_logits: bool) -> int:
-        """Appends tokens of one sequence; returns the batch index of the last one."""
+    def add(self, tokens, start_pos: int, seq_id: int, want_last_logits: bool, all_logits: bool = False) -> int:
+        """Appends tokens of one sequence; returns the batch index of the last one. `all_logits` asks
+        for every token's logits (a speculative step verifies each draft position)."""
         k = len(tokens)
         a, b = self.n, self.n + k
         self.token[a:b] = tokens
         self.pos[a:b] = np.arange(start_pos, start_pos + k, dtype=np.int32)
         self.seq[a:b] = seq_id
-        self.logits[a:b] = 0
+        self.logits[a:b] = 1 if all_logits else 0
         if want_last_logits:
             self.logits[b - 1] = 1
         self.n = b

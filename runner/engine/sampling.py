@@ -12,6 +12,8 @@ import llama_cpp as ll
 
 from modelfiles.options import DEFAULT_OPTIONS
 
+from .speculative import check_options as check_draft_options
+
 
 # Every default is Ollama's, from the one table the Modelfile parser and the server use too.
 _D = DEFAULT_OPTIONS
@@ -35,13 +37,17 @@ class SamplingOptions:
     stop: list[str] = field(default_factory=list)
     logprobs: bool = False  # report each sampled token's logprob (runner/engine/logprobs.py)
     top_logprobs: int = 0  # and this many most likely alternatives per token
+    draft_type: str = ""  # speculative decoding's draft source: "ngram", or off (speculative.py)
+    draft_num_predict: int = 4  # the most tokens it proposes per step (Ollama's option; 0 is off)
 
     @classmethod
     def from_options(cls, options: dict) -> "SamplingOptions":
         known = {k: v for k, v in options.items() if k in cls.__dataclass_fields__ and v is not None}
         if "stop" in known and isinstance(known["stop"], str):
             known["stop"] = [known["stop"]]
-        return cls(**known)
+        opts = cls(**known)
+        check_draft_options(opts.draft_type, opts.draft_num_predict)
+        return opts
 
     def chain_key(self) -> tuple:
         """What the sampler chain is built from: two requests with equal keys can share one chain,

@@ -193,7 +193,7 @@ class RunnerServer:
 
     @staticmethod
     def _final(req: Request, ev: Event) -> dict:
-        return {
+        final = {
             "done": True,
             "done_reason": ev.done_reason,
             "prompt_eval_count": req.prompt_eval_count,
@@ -202,6 +202,9 @@ class RunnerServer:
             "eval_duration": _ns(req.eval_duration),
             "context": req.context,
         }
+        if req.speculative:  # only requests that asked for it carry the draft counts
+            final.update(draft_count=req.draft_count, draft_accepted_count=req.draft_accepted_count)
+        return final
 
     async def _embedder(self) -> EmbedEngine:
         async with self._embed_lock:

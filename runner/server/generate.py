@@ -129,6 +129,8 @@ class Inference:
             "prompt_eval_duration": final.get("prompt_eval_duration", 0),
             "eval_count": final.get("eval_count", 0),
             "eval_duration": final.get("eval_duration", 0),
+            # Present only when the request speculated (runner/engine/speculative.py).
+            **{k: final[k] for k in ("draft_count", "draft_accepted_count") if k in final},
         }
 
 
@@ -348,6 +350,10 @@ async def chunk_batches(prep: Prepared) -> AsyncIterator[list[dict]]:
     metrics.observe_completion(cfg.display, final.get("prompt_eval_count") or 0, final.get("eval_count") or 0,
                                first_token_at - inf.t0 if first_token_at else None,
                                (final.get("eval_duration") or 0) / 1e9)
+    metrics.observe_drafts(cfg.display, final.get("draft_count"), final.get("draft_accepted_count"))
+    if isinstance(final.get("draft_count"), int) and inf.lm is not None:  # for /api/ps
+        inf.lm.model.draft_count += final["draft_count"]
+        inf.lm.model.draft_accepted_count += final.get("draft_accepted_count") or 0
     last = chunk(parser.finish(), now_iso())
     last.update(done=True, done_reason=final.get("done_reason") or "stop", **inf.stats(final))
     if not prep.chat:
@@ -459,6 +465,9 @@ async def ps(request: web.Request) -> web.Response:
         if len(lm.replicas) > 1:  # LM_REPLICAS: a copy per GPU, each with its own slots
             models[-1]["replicas"] = [{"gpus": placement_devices(r.placement), "slots": r.placement.parallel,
                                        "active": r.active} for r in lm.replicas]
+        if lm.draft_count:  # speculative decoding served some of its requests
+            models[-1]["speculative"] = {"draft_count": lm.draft_count,
+                                         "draft_accepted_count": lm.draft_accepted_count}
     return web.json_response({"models": models})
 
 

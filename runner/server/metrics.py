@@ -60,6 +60,23 @@ TPOT = Histogram("lm_time_per_output_token_seconds", "Mean time per generated to
                  ["model"], buckets=_TOKEN_BUCKETS, registry=REGISTRY)
 
 
+DRAFT_TOKENS = Counter("lm_draft_tokens", "Speculative decoding: tokens drafted and verified", ["model"],
+                       registry=REGISTRY)
+DRAFT_ACCEPTED = Counter("lm_draft_accepted_tokens", "Speculative decoding: drafted tokens the model accepted",
+                         ["model"], registry=REGISTRY)
+
+
+def observe_drafts(model: str, drafted: int | None, accepted: int | None) -> None:
+    """Counts one finished completion's draft tokens (None: the request did not speculate)."""
+    if drafted is None:
+        return
+    try:
+        DRAFT_TOKENS.labels(model).inc(max(int(drafted), 0))
+        DRAFT_ACCEPTED.labels(model).inc(max(int(accepted or 0), 0))
+    except Exception:  # metrics must never break an answer
+        logging.getLogger("lm.metrics").debug("observe_drafts failed", exc_info=True)
+
+
 def observe_completion(model: str, prompt_tokens: int, eval_tokens: int, ttft_s: float | None,
                        eval_s: float | None) -> None:
     """Counts one finished completion: tokens in and out, time to first token, time per output token."""

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..config import Settings
+from ..engine.speculative import DRAFT_TYPES, MAX_DRAFT_NUM_PREDICT
 
 _INT64_MAX = 2**63 - 1
 DIGEST = {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$", "example": "sha256:" + "0" * 64}
@@ -83,6 +84,10 @@ def _schemas(s: Settings) -> dict:
         "main_gpu": {"type": "integer", "minimum": 0, "maximum": 16},
         "use_mmap": {"type": "boolean"},
         "num_thread": {"type": "integer", "minimum": 0, "maximum": 1024},
+        "draft_type": {"type": "string", "enum": list(DRAFT_TYPES),
+                       "description": 'speculative decoding: "ngram" proposes tokens from the prompt and text so far'},
+        "draft_num_predict": {"type": "integer", "minimum": 0, "maximum": MAX_DRAFT_NUM_PREDICT,
+                              "description": "the most tokens drafted per step (0: no speculation)"},
     }, description="Model options; unknown names are ignored with a warning")
     fmt = {"description": '"json", or a JSON schema the answer must follow',
            "oneOf": [{"type": "string", "enum": ["json"]}, {"type": "object"}]}
@@ -103,6 +108,8 @@ def _schemas(s: Settings) -> dict:
     stats = {"total_duration": {"type": "integer"}, "load_duration": {"type": "integer"},
              "prompt_eval_count": {"type": "integer"}, "prompt_eval_duration": {"type": "integer"},
              "eval_count": {"type": "integer"}, "eval_duration": {"type": "integer"},
+             "draft_count": {"type": "integer", "description": "with speculation: tokens drafted"},
+             "draft_accepted_count": {"type": "integer", "description": "with speculation: drafts accepted"},
              "done": {"type": "boolean"}, "done_reason": {"type": "string"}, "model": {"type": "string"},
              "created_at": {"type": "string"}}
     details = _obj({k: {"type": "string"} for k in ("parent_model", "format", "family", "parameter_size",
@@ -212,7 +219,10 @@ def _schemas(s: Settings) -> dict:
                               "bytes_per_slot": {"type": "integer"}}),
             # LM_REPLICAS: one entry per copy of the model, where there are several
             "replicas": {"type": "array", "items": _obj({"gpus": gpus, "slots": {"type": "integer"},
-                                                          "active": {"type": "integer"}})}})}}),
+                                                          "active": {"type": "integer"}})},
+            "speculative": _obj({"draft_count": {"type": "integer"}, "draft_accepted_count": {"type": "integer"}},
+                                description="/api/ps, once speculative decoding served a request: tokens "
+                                            "drafted and accepted since the model loaded")})}}),
         "ShowResponse": _obj({k: {"type": "string"} for k in ("license", "modelfile", "parameters", "template",
                                                               "system", "modified_at")}
                              | {"details": details, "model_info": {"type": "object"},

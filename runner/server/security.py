@@ -23,6 +23,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..config import Settings, parse_duration
+from ..engine.speculative import DRAFT_TYPES, MAX_DRAFT_NUM_PREDICT
 from .http import ApiError, dumps
 
 log = logging.getLogger("lm.security")
@@ -402,6 +403,10 @@ def check_limits(path: str, body: dict, s: Settings, model_predict: int | None =
         _check_range(options, "repeat_last_n", -1, s.max_context, "options.repeat_last_n")
         _check_range(options, "num_keep", -1, s.max_context, "options.num_keep")
         _check_range(options, "top_k", -1, _INT64_MAX, "options.top_k")
+        _check_range(options, "draft_num_predict", 0, MAX_DRAFT_NUM_PREDICT, "options.draft_num_predict")
+        draft_type = options.get("draft_type")
+        if isinstance(draft_type, str) and draft_type not in DRAFT_TYPES:
+            raise _bad(f'options.draft_type must be "ngram", "none" or ""; got {json.dumps(draft_type)}', "options")
     if needs_model_limit(path, body, s):
         unset = _request_limit(path, body) is None
         if not (unset and model_predict is not None and 0 <= model_predict <= s.max_predict):
