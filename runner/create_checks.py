@@ -43,6 +43,9 @@ def check_requires(value) -> str | None:
     return value.lstrip("v")
 
 
+DRAFT_REFUSAL = "DRAFT is not supported yet: lm has no draft models (draft_type ngram needs none)"
+
+
 def check_unsupported(body: dict) -> None:
     """RENDERER, PARSER, DRAFT: a clear refusal where Ollama would act on them."""
     for key, line in (("renderer", "RENDERER"), ("parser", "PARSER")):
@@ -50,4 +53,4 @@ def check_unsupported(body: dict) -> None:
             raise Refused(f"{line} is not supported: lm renders prompts with the model's TEMPLATE and reads "
                           "thinking and tool calls from it")
     if body.get("draft") or body.get("draft_files"):
-        raise Refused("DRAFT is not supported yet: lm has no speculative decoding")
+        raise Refused(DRAFT_REFUSAL)

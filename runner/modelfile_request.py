@@ -8,6 +8,8 @@ from typing import Callable
 
 from modelfiles import Modelfile
 
+from .create_checks import DRAFT_REFUSAL
+
 _DIGEST_PREFIXES = ("sha256:", "sha256-", "@sha256:")
 
 
@@ -71,7 +73,7 @@ def create_body(name: str, mf: Modelfile, base: Path, blob_for: Callable[[Path],
         raise ModelfileSourceError(f"FROM {mf.extra_from[0]}: a second FROM (such as a vision projector) is not "
                                    "supported yet")
     if mf.draft is not None:
-        raise ModelfileSourceError("DRAFT is not supported yet: lm has no speculative decoding")
+        raise ModelfileSourceError(DRAFT_REFUSAL)
     source = mf.from_
     if source.startswith(_DIGEST_PREFIXES):
         body["files"] = {"model.gguf": source.lstrip("@").replace("sha256-", "sha256:", 1)}

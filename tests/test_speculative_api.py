@@ -23,10 +23,9 @@ def generate(daemon, model: str, **options) -> dict:
     return body
 
 
-# gemma3 (Q4_K) with k = 2: a step of 4 or more rows of one sequence takes llama.cpp's CPU kernel for
-# 4-row blocks, whose rounding differs from the 1-row one (measured: the answer diverges at token 44,
-# as it does for 4 plain gemma3 requests decoded together); up to 3 rows it is bit-identical.
-@pytest.mark.parametrize("name, k", [("smollm2", 4), ("gemma3", 2)])
+# k = 4 on gemma3 (Q4_K) too: a step of 5 rows of one sequence is bit-identical to one row only because
+# the CPU loads models without llama.cpp's repacked weights (LM_BATCH_INVARIANT); with them it diverged.
+@pytest.mark.parametrize("name, k", [("smollm2", 4), ("gemma3", 4)])
 def test_greedy_answer_is_the_same_with_ngram_drafts(daemon, request, name, k):
     model = request.getfixturevalue(name)
     plain = generate(daemon, model)

@@ -13,11 +13,11 @@ Request options (Ollama's style, see README):
                      default 4, 0 turns drafting off); 0..MAX_DRAFT_NUM_PREDICT, else a 400.
 
 Greedy output is token for token what it is without speculation wherever llama.cpp's kernels give a
-verify row the same numbers as a one-token step. On the CPU that held for smollm2 (Q4_1) at k = 4, and
-for gemma3 (Q4_K) up to k = 2 only: with 4 or more rows in a step its answer diverged at token 44,
-exactly as it does when 4 plain requests decode together (measured; most likely the repacked Q4_K
-matmul's path for blocks of 4 rows). So speculation keeps the CPU's batch-invariance promise as far as
-the kernels keep it for concurrent sequences, no further. Sampling keeps the target's distribution.
+verify row the same numbers as a one-token step. On the CPU that holds for smollm2 (Q4_1) and gemma3
+(Q4_K) at k = 4 because CPU models load without llama.cpp's repacked weights (LM_BATCH_INVARIANT): with
+them, gemma3's answer diverged at token 44 with 4 or more rows in a step, exactly as when 4 plain
+requests decode together. So speculation keeps the CPU's batch-invariance promise as far as the kernels
+keep it for concurrent sequences, no further. Sampling keeps the target's distribution.
 
 Where proposals stop paying for one request (its text stops copying), its NgramDraft backs off by
 itself. Under load the GPU (or the CPU's cores) is no longer idle between the weights' reads, so extra
