@@ -181,6 +181,20 @@ def gemma3(daemon, gemma3_path) -> str:
     return "gemma3:270m"
 
 
+@pytest.fixture(scope="module")
+def oai(daemon):
+    """The openai SDK against the shared daemon's /v1."""
+    import openai
+    return openai.OpenAI(base_url=daemon.url + "/v1", api_key="unused")
+
+
+@pytest.fixture(scope="module")
+def claude(daemon):
+    """The anthropic SDK against the shared daemon's /v1/messages."""
+    import anthropic
+    return anthropic.Anthropic(base_url=daemon.url, api_key="unused")
+
+
 @pytest.fixture(scope="session")
 def tiny(daemon, tiny_gguf) -> str:
     daemon.create_from_gguf("tiny", tiny_gguf)

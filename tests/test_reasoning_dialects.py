@@ -23,16 +23,6 @@ def thinker(daemon, smollm2_path) -> str:
     return "dialect-think"
 
 
-@pytest.fixture(scope="module")
-def oai(daemon):
-    return openai.OpenAI(base_url=daemon.url + "/v1", api_key="unused")
-
-
-@pytest.fixture(scope="module")
-def claude(daemon):
-    return anthropic.Anthropic(base_url=daemon.url, api_key="unused")
-
-
 USER = [{"role": "user", "content": FEW_SHOT}]
 
 

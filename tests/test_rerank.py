@@ -143,6 +143,10 @@ def test_long_document_is_truncated(daemon, reranker, reference):
 
 
 # -- bad requests ---------------------------------------------------------------------------------------------
+LONE_SURROGATE = ("invalid JSON: a string holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not "
+                  "valid Unicode")
+
+
 @pytest.mark.parametrize("body, message", [
     ({"documents": ["a"]}, "query is required"),
     ({"query": 5, "documents": ["a"]}, "query must be a string"),
@@ -157,8 +161,9 @@ def test_long_document_is_truncated(daemon, reranker, reference):
     ({"query": "q", "documents": ["a"], "top_n": True}, "invalid value for top_n: expected int"),
     ({"query": "q", "documents": ["a"], "return_documents": "yes"},
      "invalid value for return_documents: expected bool"),
-    ({"query": "\ud800", "documents": ["a"]}, "query is not valid UTF-8 text"),
-    ({"query": "q", "documents": ["fine", "x\udfff"]}, "documents[1] is not valid UTF-8 text"),
+    # a lone surrogate is refused where every body is read (runner/server/http.py read_json)
+    ({"query": "\ud800", "documents": ["a"]}, LONE_SURROGATE),
+    ({"query": "q", "documents": ["fine", "x\udfff"]}, LONE_SURROGATE),
 ])
 def test_bad_input_400(daemon, reranker, body, message):
     assert rerank(daemon, {"model": reranker, **body}, status=400) == {"error": message}

@@ -7,16 +7,6 @@ import openai
 import pytest
 
 
-@pytest.fixture(scope="module")
-def oai(daemon):
-    return openai.OpenAI(base_url=daemon.url + "/v1", api_key="unused")
-
-
-@pytest.fixture(scope="module")
-def claude(daemon):
-    return anthropic.Anthropic(base_url=daemon.url, api_key="unused")
-
-
 def test_responses_create(oai, smollm2):
     r = oai.responses.create(model=smollm2, input="Why is the sky blue?", instructions="Answer in one sentence.",
                              temperature=0, max_output_tokens=40)

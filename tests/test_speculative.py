@@ -140,6 +140,10 @@ class Run:
                 self.ended[e.request.id].set()
 
     def submit(self, prompt: list[int], **options) -> Request:
+        # The copy prompt's answers below were read at repeat_penalty 1.1 (lm's default before it took
+        # Ollama's 1.0): with no penalty smollm2 repeats one sentence until num_predict, and a stop
+        # string or an answer that ends by itself would not be tested.
+        options = {"repeat_penalty": 1.1, **options}
         req = Request(prompt=list(prompt), options=SamplingOptions(**options))
         self.ended[req.id] = threading.Event()
         self.engine.submit(req)

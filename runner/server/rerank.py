@@ -26,12 +26,8 @@ from .openai import openai_errors
 
 
 def _text(value, what: str) -> str:
-    if not isinstance(value, str):
+    if not isinstance(value, str):  # (a lone surrogate never gets here: read_json refuses the body)
         raise bad_request(f"{what} must be a string")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate ("\ud800") is no text llama.cpp can tokenize
-        raise bad_request(f"{what} is not valid UTF-8 text") from None
     return value
 
 
