@@ -36,8 +36,9 @@ def gpu_backend() -> str:
     if sys.platform == "darwin":
         return "metal"
     # A build with ggml's RPC backend "supports GPU offload" on any host (to RPC devices): CUDA is there
-    # only where its backend library is installed.
-    lib = os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
+    # only where its backend library is installed, beside the libllama that was loaded (the package's lib/,
+    # or LLAMA_CPP_LIB_PATH's folder, as the GPU benchmarks load their own build).
+    lib = str(getattr(llama_cpp.llama_cpp, "_base_path", os.path.join(os.path.dirname(llama_cpp.__file__), "lib")))
     return "cuda" if any(n.startswith("libggml-cuda") for n in _listdir(lib)) else "cpu"
 
 
