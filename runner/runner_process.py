@@ -209,16 +209,10 @@ class RunnerProcess:
     async def rerank(self, query: str, documents: list[str], truncate: bool = True) -> tuple[list[float], list[int]]:
         """The relevance score of each (query, document) pair and its token count. RunnerRejected for what
         the runner refuses (400, 501)."""
-        if not self.alive or self._session is None:
-            raise RunnerError(CRASH_MESSAGE)
-        payload = {"query": query, "documents": documents, "truncate": truncate}
+        body = await self._call("rerank", {"query": query, "documents": documents, "truncate": truncate})
         try:
-            async with self._session.post("http://runner/rerank", json=payload) as resp:
-                body = await resp.json(content_type=None)
-                if resp.status != 200:
-                    raise RunnerRejected(body.get("error") or f"runner answered {resp.status}", resp.status)
             scores, counts = [float(s) for s in body["scores"]], [int(c) for c in body["counts"]]
-        except (aiohttp.ClientError, json.JSONDecodeError, ConnectionError, KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:  # an answer that is not the runner's shape
             raise RunnerError(CRASH_MESSAGE) from exc
         if len(scores) != len(documents):
             raise RunnerError(CRASH_MESSAGE)
