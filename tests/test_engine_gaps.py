@@ -7,14 +7,13 @@ exact. The engine runs in this process (what is under test is the step loop)."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
-from runner.engine.batch import Engine, Request
+from runner.engine.batch import Request
 from runner.engine.model import ContextConfig, LoadedModel
-from runner.engine.sampling import SamplingOptions
+from tests.engine_harness import EngineRun
 
 PROMPT = "Once upon a time"
 
@@ -26,38 +25,13 @@ def model(smollm2_path):
     m.close()
 
 
-class Run:
-    """An engine and the text and end of each request it was given."""
+class Run(EngineRun):
+    """Seeded requests for PROMPT."""
 
-    def __init__(self, model):
-        self.model = model
-        self.text: dict[int, str] = {}
-        self.pieces: dict[int, int] = {}
-        self.ended: dict[int, threading.Event] = {}
-        self.errors: list[str] = []
-        self.engine = Engine(model, 4, self.on_events)
-        self.engine.start()
-
-    def on_events(self, events):
-        for e in events:
-            if e.error:  # kept for the test thread: an assert here would die unseen in the engine thread
-                self.errors.append(e.error)
-            self.text[e.request.id] = self.text.get(e.request.id, "") + e.text
-            self.pieces[e.request.id] = self.pieces.get(e.request.id, 0) + 1
-            if e.done:
-                self.ended[e.request.id].set()
+    wait_s = 60
 
     def submit(self, seed: int, n: int = 40) -> Request:
-        req = Request(prompt=self.model.tokenize(PROMPT),
-                      options=SamplingOptions(seed=seed, temperature=1.0, num_predict=n))
-        self.ended[req.id] = threading.Event()
-        self.engine.submit(req)
-        return req
-
-    def wait(self, req: Request) -> str:
-        assert self.ended[req.id].wait(60), "no answer"
-        assert not self.errors, self.errors
-        return self.text.get(req.id, "")
+        return super().submit(self.model.tokenize(PROMPT), seed=seed, temperature=1.0, num_predict=n)
 
 
 def alone(model, seed: int) -> str:

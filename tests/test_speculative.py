@@ -9,17 +9,17 @@ measured the same, so "the same tokens as without speculation" is exact for gree
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections import Counter
 
 import pytest
 
 from runner.engine import speculative
-from runner.engine.batch import Engine, Request
+from runner.engine.batch import Request
 from runner.engine.model import ContextConfig, LoadedModel
 from runner.engine.sampling import SamplingOptions
 from runner.engine.speculative import NgramDraft, draft_limit, verify
+from tests.engine_harness import EngineRun
 
 PARAGRAPH = ("The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs. How "
              "vexingly quick daft zebras jump! Sphinx of black quartz, judge my vow.")
@@ -116,49 +116,12 @@ def test_draft_options_are_checked():
 # ------------------------------------------------------------------------------ the engine, smollm2
 
 
-class Run:
-    """An engine in this process; each request's text, logprob entries and end."""
-
-    def __init__(self, model, **engine_args):
-        self.model = model
-        self.text: dict[int, str] = {}
-        self.logprobs: dict[int, list] = {}
-        self.reason: dict[int, str] = {}
-        self.ended: dict[int, threading.Event] = {}
-        self.errors: list[str] = []
-        self.engine = Engine(model, 4, self.on_events, **engine_args)
-        self.engine.start()
-
-    def on_events(self, events):
-        for e in events:
-            if e.error:  # kept for the test thread: an assert here would die unseen in the engine thread
-                self.errors.append(e.error)
-            self.text[e.request.id] = self.text.get(e.request.id, "") + e.text
-            self.logprobs.setdefault(e.request.id, []).extend(e.logprobs or [])
-            if e.done:
-                self.reason[e.request.id] = e.done_reason
-                self.ended[e.request.id].set()
-
+class Run(EngineRun):
     def submit(self, prompt: list[int], **options) -> Request:
         # The copy prompt's answers below were read at repeat_penalty 1.1 (lm's default before it took
         # Ollama's 1.0): with no penalty smollm2 repeats one sentence until num_predict, and a stop
         # string or an answer that ends by itself would not be tested.
-        options = {"repeat_penalty": 1.1, **options}
-        req = Request(prompt=list(prompt), options=SamplingOptions(**options))
-        self.ended[req.id] = threading.Event()
-        self.engine.submit(req)
-        return req
-
-    def wait(self, req: Request) -> str:
-        assert self.ended[req.id].wait(300), "no answer"
-        assert not self.errors, self.errors
-        return self.text.get(req.id, "")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.engine.stop()
+        return super().submit(prompt, **{"repeat_penalty": 1.1, **options})
 
 
 @pytest.fixture(scope="module")
