@@ -47,23 +47,29 @@ fi
 # The CPU build leaves out llama.cpp's AMX kernels: on AMX hosts (Sapphire Rapids and later) they
 # crash in ggml_backend_amx_mul_mat on the first prompt, on some machines (llama.cpp issue #20824,
 # unfixed upstream); the AVX-512 kernels serve those CPUs instead. The flags only mean something on x86.
+# It also leaves out llamafile's sgemm: that kernel serves unquantized (F32/F16/BF16) products of two or
+# more rows and ggml's vec_dot one row, so a sequence's logits would depend on what it was batched with;
+# without it, LM_BATCH_INVARIANT holds for every weight type (docs/performance.md has its cost).
 no_amx=""
 if [ "$build" = cpu ] && [ "$(uname -m)" = x86_64 ]; then no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"; fi
 llama_wanted() {  # true when llama-cpp-python is to be installed: not our version, a build without ggml's
-  # RPC backend (`lm worker` and LM_RPC_WORKERS need libggml-rpc), or AMX kernels where this build leaves
-  # them out (an install from before these rules, or a wheel from pip's cache)
+  # RPC backend (`lm worker` and LM_RPC_WORKERS need libggml-rpc), or AMX or llamafile kernels where this
+  # build leaves them out (an install from before these rules, or a wheel from pip's cache)
   local have
   have=$("$venv/bin/python" - 2>/dev/null <<'PY' || true
 import glob, os, llama_cpp as l
 flags = [l.__version__]
 if not glob.glob(os.path.join(os.path.dirname(l.__file__), "lib", "*ggml-rpc*")): flags.append("norpc")
-if b"AMX_INT8 = 1" in l.llama_print_system_info(): flags.append("amx")
+info = l.llama_print_system_info()
+if b"AMX_INT8 = 1" in info: flags.append("amx")
+if b"LLAMAFILE = 1" in info: flags.append("llamafile")
 print(" ".join(flags))
 PY
 )
   case "$have " in "$llama_version "*) ;; *) return 0 ;; esac
   case " $have " in *" norpc "*) return 0 ;; esac
   if [ -n "$no_amx" ]; then case " $have " in *" amx "*) return 0 ;; esac; fi
+  if [ "$build" = cpu ]; then case " $have " in *" llamafile "*) return 0 ;; esac; fi
   return 1
 }
 if llama_wanted; then
@@ -71,9 +77,9 @@ if llama_wanted; then
   case "$build" in
     cuda)  CMAKE_ARGS="-DGGML_CUDA=on -DGGML_RPC=on" "${pip[@]}" --force-reinstall --no-cache-dir "llama-cpp-python==$llama_version" ;;
     metal) CMAKE_ARGS="-DGGML_METAL=on -DGGML_RPC=on" "${pip[@]}" --force-reinstall "llama-cpp-python==$llama_version" ;;
-    cpu)   cpu_env=(env CMAKE_ARGS="-DGGML_RPC=on" CFLAGS="${CFLAGS:-} $no_amx" CXXFLAGS="${CXXFLAGS:-} $no_amx")
+    cpu)   cpu_env=(env CMAKE_ARGS="-DGGML_RPC=on -DGGML_LLAMAFILE=OFF" CFLAGS="${CFLAGS:-} $no_amx" CXXFLAGS="${CXXFLAGS:-} $no_amx")
            "${cpu_env[@]}" "${pip[@]}" "llama-cpp-python==$llama_version"
-           if llama_wanted; then  # pip kept or reused a build without RPC or with AMX: build afresh
+           if llama_wanted; then  # pip kept or reused a build without RPC, or with AMX or llamafile: build afresh
              "${cpu_env[@]}" "${pip[@]}" --force-reinstall --no-deps --no-cache-dir "llama-cpp-python==$llama_version"
            fi ;;
     *) echo "install.sh: LM_BUILD must be cpu, cuda or metal" >&2; exit 2 ;;
@@ -101,6 +107,6 @@ esac
 
 if [ "$with_models" = 1 ]; then
   echo ">>> adding the bundled models to the store"
-  "$venv/bin/python" -m runner.bundled_install
+  "$venv/bin/python" -m runner.model.bundled_install
 fi
 echo ">>> done: try  lm run smollm2:135m \"Why is the sky blue?\""

@@ -13,7 +13,7 @@ bash .device/device-build.sh >/dev/null || exit 1
 export LD_LIBRARY_PATH=/tmp/lb/bin LLAMA_CPP_LIB_PATH=/tmp/lb/bin
 model=/tmp/$SHAPE.gguf
 [ -f "$model" ] || PYTHONPATH=$ROOT/.device/py python3 .device/synth_gguf.py "$model" --shape "$SHAPE" >/dev/null
-python3 --version; PYTHONPATH=$ROOT/.device/py:$ROOT python3 -c "import runner.server.app, runner.bench" || exit 1
+python3 --version; PYTHONPATH=$ROOT/.device/py:$ROOT python3 -c "import runner.server.app, runner.cli.bench_load" || exit 1
 for v in $VARIANTS; do
   IFS=: read -r name dir nb envs <<<"$v"
   rm -rf /tmp/lm-store

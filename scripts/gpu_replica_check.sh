@@ -8,7 +8,7 @@ bash .device/device-build.sh > $OUT/build.log 2>&1 || { tail -20 $OUT/build.log;
 export LD_LIBRARY_PATH=/tmp/lb/bin LLAMA_CPP_LIB_PATH=/tmp/lb/bin PYTHONPATH=$PWD/.device/py:$PWD
 python3 .device/synth_gguf.py /tmp/s.gguf --shape small-0.5b >/dev/null
 export LM_MODELS=/tmp/lm-store LM_HOST=127.0.0.1:11500 LM_NO_AUTOSTART=1 LM_REPLICAS=auto
-python3 -c "from runner.memory import gpu_backend, gpu_devices; print('backend', gpu_backend(), gpu_devices())"
+python3 -c "from runner.daemon.placement import gpu_backend, gpu_devices; print('backend', gpu_backend(), gpu_devices())"
 python3 -m runner.cli serve > $OUT/serve.log 2>&1 &
 for i in $(seq 60); do curl -sf http://127.0.0.1:11500/api/version >/dev/null && break; sleep 1; done
 printf 'FROM /tmp/s.gguf\n' > /tmp/Modelfile

@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.gguf_factory import write_tiny_gguf  # noqa: E402
 
-# runner.bench (and so aiohttp) is imported only after a model is loaded: importing aiohttp before
+# runner.cli.bench_load (and so aiohttp) is imported only after a model is loaded: importing aiohttp before
 # loading onto CUDA crashed llama.cpp's CUDA init (see runner/engine/model.py).
 
 CTX = 512  # per sequence: prompt (~200 tokens) + generated tokens fit with room to spare
@@ -72,7 +72,7 @@ def engine_rate(gguf: Path, slots: int, tokens: int, requests: int, prompt_words
     from runner.engine.sampling import SamplingOptions
 
     model = LoadedModel(str(gguf), ContextConfig(n_ctx_per_seq=CTX, n_seq=slots, n_batch=512, n_threads=THREADS))
-    from runner.bench import make_prompt
+    from runner.cli.bench_load import make_prompt
     done = threading.Event()
     left = {"requests": slots * requests, "tokens": 0}
     salt = iter(range(10**9))
@@ -109,7 +109,7 @@ def engine_rate(gguf: Path, slots: int, tokens: int, requests: int, prompt_words
 async def runner_rate(gguf: Path, slots: int, tokens: int, requests: int, prompt_words: int) -> dict:
     import aiohttp
 
-    from runner.bench import make_prompt
+    from runner.cli.bench_load import make_prompt
 
     sock = os.path.join(tempfile.mkdtemp(prefix="lm-proxy-"), "runner.sock")
     where = ["--gpu-layers", "999", "--mixed-prefill", "--threads", str(RUNNER_THREADS)] if GPU else ["--threads", str(THREADS)]
@@ -220,7 +220,7 @@ class Daemon:
 
 
 async def served_rate(daemon: "Daemon", slots: int, tokens: int, requests: int, prompt_words: int) -> dict:
-    from runner.bench import Target, run_load
+    from runner.cli.bench_load import Target, run_load
 
     (runner_pid,) = children(daemon.proc.pid)
     meter = CpuMeter({"daemon": daemon.proc.pid, "runner": runner_pid})

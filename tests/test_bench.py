@@ -8,7 +8,7 @@ import json
 
 import aiohttp
 
-from runner.bench import Target, make_prompt
+from runner.cli.bench_load import Target, make_prompt
 
 
 def test_bench_prints_table_with_a_peer(make_daemon, tiny_gguf):

@@ -1,4 +1,4 @@
-"""runner.chat_output: thinking and tool calls split out of streamed model text, as Ollama splits them."""
+"""runner.model.output: thinking and tool calls split out of streamed model text, as Ollama splits them."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from runner.chat_output import ChatOutputParser, Delta, output_tags, think_enabled
+from runner.model.output import ChatOutputParser, Delta, output_tags, think_enabled
 
 # A Qwen-style template: tools in the system turn, calls as <tool_call> JSON, thinking in <think>.
 QWEN = """{{- if or .System .Tools }}<|im_start|>system

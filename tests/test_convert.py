@@ -25,7 +25,7 @@ from registry.convert import (
     Checkpoint, ConvertError, UnsupportedArchitecture, convert_directory, quantize_file, quantize_type,
 )
 from registry.convert.gguf_writer import F16, F32, GGUFFile, T_STRING
-from runner.modelfile_request import create_body, model_dir_files
+from runner.model.modelfile_request import create_body, model_dir_files
 from tests.bert_reference import NumpyBertEncoder, wordpiece as bert_wordpiece
 
 REPO = Path(__file__).resolve().parent.parent
@@ -342,7 +342,7 @@ def test_modelfile_from_directory_sends_relative_files(minilm):
 
 def test_modelfile_from_directory_without_weights(tmp_path):
     from modelfiles import parse_modelfile
-    from runner.modelfile_request import ModelfileSourceError
+    from runner.model.modelfile_request import ModelfileSourceError
 
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ModelfileSourceError, match="no Modelfile or safetensors files found"):

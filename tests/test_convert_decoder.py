@@ -19,7 +19,7 @@ import pytest
 from gguf import GGUFReader
 
 from registry.convert import Checkpoint, ConvertError, convert_directory
-from runner.modelfile_request import model_dir_files
+from runner.model.modelfile_request import model_dir_files
 from tests.hf_factory import CHAT_TEMPLATES, FAMILIES, encode, write_hf_model
 from tests.test_convert import _kv, _store_state
 
@@ -382,7 +382,7 @@ def test_scores_from_tokenizer_model(tmp_path):
 
 def test_cli_uploads_a_chat_template_file(tmp_path):
     # Newer checkpoints keep the template in chat_template.jinja rather than tokenizer_config.json.
-    from runner.modelfile_request import model_dir_files
+    from runner.model.modelfile_request import model_dir_files
     for name in ("model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja", "README.md"):
         (tmp_path / name).write_text("x")
     assert sorted(p.name for p in model_dir_files(tmp_path)) == [

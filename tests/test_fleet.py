@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.rpc import WorkerError, parse_endpoint, probe
+from runner.daemon.rpc_workers import WorkerError, parse_endpoint, probe
 from tests.conftest import REPO, Daemon, create_bundled, free_port
 from tests.test_faults import runner_pids
 
@@ -308,16 +308,16 @@ def test_bad_fleet_settings_stop_the_daemon_with_a_message(tmp_path, env, messag
 
 
 def test_the_scheduler_spreads_requests_over_two_real_replicas(make_daemon, tiny_gguf, monkeypatch):
-    """The replica path of runner/scheduler.py with two real runners of the tiny model. The planner gives a
+    """The replica path of runner/daemon/scheduler.py with two real runners of the tiny model. The planner gives a
     CPU host one copy (LM_REPLICAS needs GPUs that each hold the model), so the two copies are started
     here from two CPU placements, through the scheduler's own _load; the rest is its public path."""
     import asyncio
 
     from registry import ModelName, Store
-    from runner.config import Settings
-    from runner.memory import ModelShape, place
-    from runner.model_config import load_model_config
-    from runner.scheduler import Scheduler, placement_devices
+    from runner.settings import Settings
+    from runner.daemon.placement import ModelShape, place
+    from runner.model.config import load_model_config
+    from runner.daemon.scheduler import Scheduler, placement_devices
 
     d = make_daemon()
     d.create_from_gguf("tiny", tiny_gguf)

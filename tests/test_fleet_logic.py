@@ -1,6 +1,6 @@
 """The pure decisions of issue 27, with given numbers: RPC worker addresses and binds, placement over
 local and remote devices (runner/memory.plan_with_remote), llama.cpp's layer split, and replicas
-(runner/replicas.py: which GPUs get a copy, which copy takes a request).
+(runner/daemon/replicas.py: which GPUs get a copy, which copy takes a request).
 
 The processes themselves (lm worker, the daemon across workers, nginx) are driven in tests/test_fleet.py.
 """
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from runner.memory import GIB, SAFETY_MARGIN, GpuInfo, ModelShape, layers_per_device, plan_gpus, plan_with_remote
-from runner.replicas import pick_replica, plan_replicas, replica_count
-from runner.rpc import Endpoint, RemoteDevice, WorkerError, is_loopback, parse_endpoint, parse_workers
-from runner.worker import check_listen, choose_devices
-from runner.ggml_backend import Device
+from runner.daemon.placement import GIB, SAFETY_MARGIN, GpuInfo, ModelShape, layers_per_device, plan_gpus, plan_with_remote
+from runner.daemon.replicas import pick_replica, plan_replicas, replica_count
+from runner.daemon.rpc_workers import Endpoint, RemoteDevice, WorkerError, is_loopback, parse_endpoint, parse_workers
+from runner.ggml.rpc_server import check_listen, choose_devices
+from runner.ggml.backend import Device
 
 LLAMA8B = ModelShape(weights_bytes=int(4.6 * GIB), n_layers=32, n_head_kv=8, key_length=128, value_length=128)
 LLAMA70B = ModelShape(weights_bytes=40 * GIB, n_layers=80, n_head_kv=8, key_length=128, value_length=128)

@@ -21,7 +21,7 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from runner.config import Settings  # noqa: E402
+from runner.settings import Settings  # noqa: E402
 from runner.server.openapi import build_spec  # noqa: E402
 from tests.conftest import Daemon  # noqa: E402
 

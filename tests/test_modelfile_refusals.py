@@ -7,7 +7,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from runner.create_checks import OLLAMA_COMPAT_VERSION
+from runner.model.create_checks import OLLAMA_COMPAT_VERSION
 from tests.test_faults import runner_pids
 
 

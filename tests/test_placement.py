@@ -1,4 +1,4 @@
-"""The placement planner (runner/memory.py plan_gpus): our arithmetic, driven with given GPU numbers.
+"""The placement planner (runner/daemon/placement.py plan_gpus): our arithmetic, driven with given GPU numbers.
 
 These are the decisions a multi-GPU machine makes; what llama.cpp then does with tensor_split is
 measured on real GPUs (scripts/gpu_bench.sh), not here.
@@ -10,7 +10,7 @@ import ctypes
 
 import pytest
 
-from runner.memory import (
+from runner.daemon.placement import (
     GIB, MAX_GPU_SLOTS, SAFETY_MARGIN, GpuInfo, ModelShape, kv_bytes_per_token, kv_cells, parse_nvidia_smi,
     plan_gpus,
 )

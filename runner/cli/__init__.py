@@ -1,5 +1,5 @@
 """The `lm` command line."""
 
-from .main import app, main
+from runner.cli.main import app, main
 
 __all__ = ["app", "main"]

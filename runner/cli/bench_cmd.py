@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..bench import Target, run_load, summarize, warm_up, words_for_tokens
+from runner.cli.bench_load import Target, run_load, summarize, warm_up, words_for_tokens
 
 
 def run_bench(base_url: str, model: str, clients: list[int], tokens: int, prompt_tokens: int, requests: int,

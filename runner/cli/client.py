@@ -13,7 +13,7 @@ import urllib.parse
 import urllib.request
 from typing import Iterator
 
-from ..config import client_base_url, env
+from runner.settings import client_base_url, env
 
 
 MODEL_HEADER = "X-LM-Model"

@@ -10,8 +10,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from modelfiles import ModelfileError, parse_modelfile
 
-from ..modelfile_request import ModelfileSourceError, create_body
-from .client import Client, ClientError
+from runner.model.modelfile_request import ModelfileSourceError, create_body
+from runner.cli.client import Client, ClientError
 
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),

@@ -8,9 +8,9 @@ from typing import Optional
 
 import typer
 
-from .. import __version__
-from .client import Client, ClientError, ensure_daemon
-from .format import human_size, models_table, table, until
+from runner import __version__
+from runner.cli.client import Client, ClientError, ensure_daemon
+from runner.cli.format import human_size, models_table, table, until
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="lm: run large language models locally.",
                   context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,8 +45,8 @@ def _root(version: bool = typer.Option(False, "--version", "-v", callback=_versi
 @app.command()
 def serve() -> None:
     """Start the daemon (LM_HOST, default 127.0.0.1:11434)."""
-    from ..config import Settings
-    from ..server.app import serve as run_server
+    from runner.settings import Settings
+    from runner.server.app import serve as run_server
 
     try:
         run_server(Settings.from_env())
@@ -65,7 +65,7 @@ def worker(listen: str = typer.Option("127.0.0.1:50052", "--listen",  # llama.cp
                False, "--allow-public", help="Listen on a non-loopback address (ggml RPC has no authentication)"),
            ) -> None:
     """Serve this host's devices to daemons elsewhere (their LM_RPC_WORKERS) through ggml's RPC server."""
-    from ..worker import serve as serve_worker
+    from runner.ggml.rpc_server import serve as serve_worker
 
     raise typer.Exit(serve_worker(listen, device or [], allow_public=allow_public, threads=threads,
                                   cache_dir=str(cache) if cache else None))
@@ -75,7 +75,7 @@ def worker(listen: str = typer.Option("127.0.0.1:50052", "--listen",  # llama.cp
 def create(name: str, file: Path = typer.Option(Path("Modelfile"), "-f", "--file", help="Name of the Modelfile"),
            quantize: Optional[str] = typer.Option(None, "-q", "--quantize", help="Quantize model to this level")) -> None:
     """Create a model from a Modelfile."""
-    from .create_cmd import run_create
+    from runner.cli.create_cmd import run_create
 
     client = connect()
     try:
@@ -106,7 +106,7 @@ def show(name: str,
          template: bool = typer.Option(False, "--template", help="Show template of a model"),
          verbose: bool = typer.Option(False, "-v", "--verbose", help="Show detailed model information")) -> None:
     """Show information for a model."""
-    from .show_cmd import print_show
+    from runner.cli.show_cmd import print_show
 
     client = connect()
     try:
@@ -126,7 +126,7 @@ def show(name: str,
 @app.command()
 def pull(name: str, insecure: bool = typer.Option(False, "--insecure", help="Use an insecure registry")) -> None:
     """Pull a model from a registry (or hf.co/<user>/<repo>[:quant] from Hugging Face)."""
-    from .pull_cmd import run_pull
+    from runner.cli.pull_cmd import run_pull
 
     client = connect()
     try:
@@ -138,7 +138,7 @@ def pull(name: str, insecure: bool = typer.Option(False, "--insecure", help="Use
 @app.command()
 def push(name: str, insecure: bool = typer.Option(False, "--insecure", help="Use an insecure registry")) -> None:
     """Push a model to a registry."""
-    from .pull_cmd import run_push
+    from runner.cli.pull_cmd import run_push
 
     client = connect()
     try:
@@ -229,8 +229,8 @@ def run(name: str, prompt: Optional[list[str]] = typer.Argument(None),
                                                                "(embedding models only)"),
         insecure: bool = typer.Option(False, "--insecure", help="Use an insecure registry")) -> None:
     """Run a model: answer PROMPT, or chat interactively without one."""
-    from .pull_cmd import pull_if_missing
-    from .run_cmd import RunOptions, parse_think, parse_truncate, run_model
+    from runner.cli.pull_cmd import pull_if_missing
+    from runner.cli.run_cmd import RunOptions, parse_think, parse_truncate, run_model
 
     try:
         think_value = False if nothink else parse_think(think) if think is not None else None
@@ -263,7 +263,7 @@ def bench(name: str,
           compare_model: Optional[str] = typer.Option(None, "--compare-model", help="Model name at the peer"),
           json_out: bool = typer.Option(False, "--json", help="Print the results as JSON")) -> None:
     """Measure aggregate tokens/s and time to first token through the daemon's public API."""
-    from .bench_cmd import run_bench
+    from runner.cli.bench_cmd import run_bench
 
     client = connect()
     try:
@@ -282,6 +282,6 @@ def bench(name: str,
 
 
 def main() -> None:
-    from .run_cmd import expand_optional_flags
+    from runner.cli.run_cmd import expand_optional_flags
 
     app(args=expand_optional_flags(sys.argv[1:]), prog_name="lm")

@@ -13,8 +13,8 @@ from rich.progress import (
     BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn,
 )
 
-from .client import Client, ClientError
-from .format import human_size
+from runner.cli.client import Client, ClientError
+from runner.cli.format import human_size
 
 
 def _bars(console: Console) -> Progress:

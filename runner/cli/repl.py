@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import sys
 
-from .client import Client, ClientError
-from .format import models_table
-from .repl_input import LineInterrupted, PlainReader, TerminalReader, make_reader
+from runner.cli.client import Client, ClientError
+from runner.cli.format import models_table
+from runner.cli.repl_input import LineInterrupted, PlainReader, TerminalReader, make_reader
 
 HELP = """Available Commands:
   /set            Set session variables
@@ -130,7 +130,7 @@ class Repl:
                 print()
 
     def _send(self, text: str) -> None:
-        from .run_cmd import chat_once
+        from runner.cli.run_cmd import chat_once
 
         self.messages.append({"role": "user", "content": text})
         system = [{"role": "system", "content": self.opts.system}] if self.opts.system else []
@@ -256,7 +256,7 @@ class Repl:
             sys.stderr.write(f'warning: model "{self.model}" does not support thinking output\n')
 
     def _show(self, args: list[str]) -> None:
-        from .show_cmd import print_show
+        from runner.cli.show_cmd import print_show
 
         if len(args) < 2:
             print(SHOW_HELP)

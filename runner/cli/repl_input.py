@@ -14,7 +14,7 @@ from pathlib import Path
 
 import platformdirs
 
-from ..config import env_bool
+from runner.settings import env_bool
 
 PLACEHOLDER = "Send a message (/? for help)"  # Ollama's readline placeholders
 ALT_PLACEHOLDER = "Press Enter to send"

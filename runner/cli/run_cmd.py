@@ -7,8 +7,8 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 
-from .client import Client, ClientError
-from .format import go_duration
+from runner.cli.client import Client, ClientError
+from runner.cli.format import go_duration
 
 
 @dataclass
@@ -258,7 +258,7 @@ def run_model(client: Client, model: str, prompt: str | None, opts: RunOptions) 
     if opts.think is not None:
         body["think"] = opts.think
     client.json("POST", "/api/generate", body)
-    from .repl import Repl
+    from runner.cli.repl import Repl
 
     Repl(client, model, opts).loop()
 

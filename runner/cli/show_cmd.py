@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .format import human_size
+from runner.cli.format import human_size
 
 
 def _section(title: str, rows: list[tuple[str, str]]) -> list[str]:

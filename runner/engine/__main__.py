@@ -15,7 +15,7 @@ import threading
 # tensor_split name the same GPUs. Must be set before llama.cpp (imported below) initialises CUDA.
 os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
 
-from .model import ContextConfig, LoadedModel, ModelLoadError
+from runner.engine.model import ContextConfig, LoadedModel, ModelLoadError
 
 
 def _args() -> argparse.Namespace:
@@ -71,7 +71,7 @@ async def _serve(args: argparse.Namespace, model: LoadedModel, embedder=None) ->
 
     from aiohttp import web
 
-    from .server import RunnerServer
+    from runner.engine.server import RunnerServer
 
     info = {"n_ctx": args.ctx, "gpu_layers": args.gpu_layers, "pid": os.getpid()}
     server = RunnerServer(model, args.parallel, mixed_prefill=args.mixed_prefill,
@@ -122,7 +122,7 @@ def main() -> None:
         sys.exit(1)
     embedder = None
     if args.embedding:  # created here too, before aiohttp is imported
-        from .embed import EmbedUnsupported, new_embed_engine
+        from runner.engine.embed import EmbedUnsupported, new_embed_engine
 
         try:
             embedder = new_embed_engine(model)

@@ -46,14 +46,14 @@ from typing import Callable
 
 import llama_cpp as ll
 
-from . import speculative
-from .batch_buffer import BatchBuffer
-from .logprobs import token_logprob
-from .model import LoadedModel
-from .prompt_blocks import best_block
-from .sampling import SamplerChain, SamplingOptions
-from .step_profile import from_env as step_profile_from_env
-from .text import TextStream
+from runner.engine import speculative
+from runner.engine.batch_buffer import BatchBuffer
+from runner.engine.logprobs import token_logprob
+from runner.engine.model import LoadedModel
+from runner.engine.prompt_blocks import best_block
+from runner.engine.sampling import SamplerChain, SamplingOptions
+from runner.engine.step_profile import from_env as step_profile_from_env
+from runner.engine.text import TextStream
 
 
 # Below this many sequences per thread, handing work over costs more than it saves. A GPU host has cores

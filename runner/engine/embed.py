@@ -27,7 +27,7 @@ from typing import Callable
 import llama_cpp as ll
 import numpy as np
 
-from .batch_buffer import BatchBuffer
+from runner.engine.batch_buffer import BatchBuffer
 
 # Tokens per llama_encode for encoder models. Attention spans the whole batch (other sequences are
 # masked out, not skipped), so its cost grows with the batch: on a CPU, 512-token batches embedded

@@ -12,7 +12,7 @@ cut can change only the tokens next to it).
 
 from __future__ import annotations
 
-from .model import LoadedModel
+from runner.engine.model import LoadedModel
 
 
 def tokenize_prompt(model: LoadedModel, text: str, *, n_ctx: int, num_keep: int, add_special: bool,

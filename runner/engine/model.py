@@ -49,7 +49,7 @@ class ContextConfig:
     # The slots split over this many contexts (each its own KV cache and compute buffers), so that the
     # engine can sample one group's step while the GPU computes another's (runner/engine/batch.py).
     n_contexts: int = 1
-    # ggml RPC workers (host:port) whose devices take part, after this host's GPUs (runner/rpc.py)
+    # ggml RPC workers (host:port) whose devices take part, after this host's GPUs (runner/daemon/rpc_workers.py)
     rpc_workers: tuple[str, ...] = ()
 
 
@@ -80,7 +80,7 @@ def _model_params(cfg: ContextConfig):
         split = (ctypes.c_float * n)(*cfg.tensor_split)
         mparams.tensor_split = ctypes.cast(split, ctypes.POINTER(ctypes.c_float))
     if cfg.rpc_workers:
-        from ..ggml_backend import offload_devices
+        from runner.ggml.backend import offload_devices
 
         try:
             chosen, array = offload_devices(list(cfg.rpc_workers))
@@ -104,7 +104,7 @@ class LoadedModel:
         if not self.model:
             raise ModelLoadError(f"llama.cpp could not load the model file {path}")
         if cfg.rpc_workers:
-            from ..ggml_backend import harden_rpc_sockets
+            from runner.ggml.backend import harden_rpc_sockets
 
             # libggml-rpc holds one connection per worker while the model's buffers live there
             hardened = harden_rpc_sockets(list(cfg.rpc_workers))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import llama_cpp as ll
 
-from .embed import InputTooLong
+from runner.engine.embed import InputTooLong
 
 
 class PairLayout:

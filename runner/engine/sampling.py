@@ -12,7 +12,7 @@ import llama_cpp as ll
 
 from modelfiles.options import DEFAULT_OPTIONS
 
-from .speculative import check_options as check_draft_options
+from runner.engine.speculative import check_options as check_draft_options
 
 
 # Every default is Ollama's, from the one table the Modelfile parser and the server use too.

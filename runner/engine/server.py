@@ -29,12 +29,12 @@ import sys
 import orjson
 from aiohttp import web
 
-from .batch import Engine, Event, Request
-from .embed import EmbedEngine, EmbedJob, EmbedUnsupported, InputTooLong, new_embed_engine
-from .long_prompt import tokenize_prompt
-from .model import LoadedModel
-from .rerank import pair_tokens
-from .sampling import SamplingOptions
+from runner.engine.batch import Engine, Event, Request
+from runner.engine.embed import EmbedEngine, EmbedJob, EmbedUnsupported, InputTooLong, new_embed_engine
+from runner.engine.long_prompt import tokenize_prompt
+from runner.engine.model import LoadedModel
+from runner.engine.rerank import pair_tokens
+from runner.engine.sampling import SamplingOptions
 
 
 def _ns(seconds: float) -> int:

@@ -7,9 +7,9 @@ import secrets
 
 from aiohttp import web
 
-from .generate import gather_chat, prepare_chat
-from .http import ApiError, dumps, errors_as, read_json, translating
-from .reasoning import ReasoningError, think_from_anthropic
+from runner.server.generate import gather_chat, prepare_chat
+from runner.server.http import ApiError, dumps, errors_as, read_json, translating
+from runner.server.reasoning import ReasoningError, think_from_anthropic
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
                 503: "overloaded_error"}

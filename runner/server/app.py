@@ -16,14 +16,14 @@ from aiohttp import web
 
 from registry import Store
 
-from .. import __version__
-from ..config import Settings
-from ..runner_process import remove_dead_runner_dirs
-from ..scheduler import Scheduler
-from . import anthropic, embed, generate, models_api, openai, responses
-from . import metrics, openapi, security
-from . import registry_api, rerank, tokenize, webui
-from .http import ApiError, dumps
+from runner import __version__
+from runner.settings import Settings
+from runner.daemon.runner_client import remove_dead_runner_dirs
+from runner.daemon.scheduler import Scheduler
+from runner.server import anthropic, embed, generate, models_api, openai, responses
+from runner.server import metrics, openapi, security
+from runner.server import registry_api, rerank, tokenize, webui
+from runner.server.http import ApiError, dumps
 
 log = logging.getLogger("lm.server")
 

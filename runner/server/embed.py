@@ -27,11 +27,11 @@ try:  # prints 500x384 float32 values in 5 ms where Python's own formatting take
 except ImportError:  # pragma: no cover - a dependency; the slow path keeps working without it
     orjson = None
 
-from ..model_config import ModelConfig, ModelNotFound, load_model_config
-from ..runner_process import RunnerError, RunnerRejected
-from .generate import Inference, _keep_alive, _options
-from .http import ApiError, bad_request, dumps, field, not_found, read_json
-from .models_api import parse_name
+from runner.model.config import ModelConfig, ModelNotFound, load_model_config
+from runner.daemon.runner_client import RunnerError, RunnerRejected
+from runner.server.generate import Inference, _keep_alive, _options
+from runner.server.http import ApiError, bad_request, dumps, field, not_found, read_json
+from runner.server.models_api import parse_name
 
 
 @dataclass

@@ -15,17 +15,17 @@ from aiohttp import web
 from modelfiles import OptionError, validate_options
 from modelfiles.gotemplate import go_quote
 
-from ..chat_output import THINK_LEVELS, ChatOutputParser, Delta, think_enabled
-from ..config import parse_duration
-from ..memory import processor_label
-from ..model_config import ModelConfig, ModelNotFound, load_model_config
-from ..prompt import PromptError, chat_prompt
-from ..runner_process import RunnerError, RunnerRejected
-from ..scheduler import Lease, LoadedModel, Scheduler, ServerBusy, placement_devices
-from . import metrics
-from .grammar import grammar_for_format
-from .http import ApiError, NDJSONStream, bad_request, dumps, field, not_found, read_json
-from .models_api import model_details, parse_name
+from runner.model.output import THINK_LEVELS, ChatOutputParser, Delta, think_enabled
+from runner.settings import parse_duration
+from runner.daemon.placement import processor_label
+from runner.model.config import ModelConfig, ModelNotFound, load_model_config
+from runner.model.render import PromptError, chat_prompt
+from runner.daemon.runner_client import RunnerError, RunnerRejected
+from runner.daemon.scheduler import Lease, LoadedModel, Scheduler, ServerBusy, placement_devices
+from runner.server import metrics
+from runner.server.grammar import grammar_for_format
+from runner.server.http import ApiError, NDJSONStream, bad_request, dumps, field, not_found, read_json
+from runner.server.models_api import model_details, parse_name
 
 log = logging.getLogger("lm.generate")
 
@@ -113,7 +113,7 @@ class Inference:
 
     async def stream(self, prompt: str, context: list[int] | None = None) -> AsyncIterator[list[dict]]:
         """The runner's objects for this request, in lists of those that arrived together (see
-        RunnerProcess.completion_batches); an `{"error"}` object is left for the caller to raise, after
+        RunnerClient.completion_batches); an `{"error"}` object is left for the caller to raise, after
         the pieces before it."""
         payload = {"prompt": prompt, "options": self.options}
         if context:

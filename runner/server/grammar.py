@@ -6,7 +6,7 @@ import json
 
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
-from .http import bad_request
+from runner.server.http import bad_request
 
 
 def grammar_for_format(fmt) -> str | None:

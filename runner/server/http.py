@@ -132,7 +132,7 @@ async def read_json(request: web.Request) -> dict:
     if json_too_deep(raw, body, depth):
         raise bad_request(f"invalid JSON: nested deeper than {depth} levels (LM_MAX_JSON_DEPTH)")
     if settings is not None:
-        from .security import check_limits, model_num_predict, needs_model_limit  # security imports this module
+        from runner.server.security import check_limits, model_num_predict, needs_model_limit  # security imports this module
 
         model_predict = None
         if needs_model_limit(request.path, body, settings):  # LM_MAX_PREDICT must not override a model's own

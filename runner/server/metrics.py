@@ -29,7 +29,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
-from .. import __version__
+from runner import __version__
 
 access_log = logging.getLogger("lm.access")
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("lm_request_id", default=None)

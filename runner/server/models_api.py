@@ -14,9 +14,9 @@ from modelfiles.gotemplate import go_quote
 from registry import (MEDIA_ADAPTER, DigestMismatch, InvalidDigest, InvalidGGUF, InvalidName, ModelName, Store,
                       StoreError, normalize_digest)
 
-from ..create import CreateError, SourceNotFound, create_model, parse_create_request
-from ..model_config import ModelNotFound, load_model_config
-from .http import ApiError, NDJSONStream, bad_request, field, not_found, read_json
+from runner.model.create import CreateError, SourceNotFound, create_model, parse_create_request
+from runner.model.config import ModelNotFound, load_model_config
+from runner.server.http import ApiError, NDJSONStream, bad_request, field, not_found, read_json
 
 
 def _store(request: web.Request) -> Store:

@@ -14,11 +14,11 @@ from contextlib import aclosing
 
 from aiohttp import web
 
-from . import embed as native_embed
-from .generate import _keep_alive, _options as native_options, chunks, prepare_chat, prepare_generate
-from .http import ApiError, dumps, errors_as, read_json, translating
-from .models_api import parse_name
-from .reasoning import ReasoningError, openai_effort, think_from_effort
+from runner.server import embed as native_embed
+from runner.server.generate import _keep_alive, _options as native_options, chunks, prepare_chat, prepare_generate
+from runner.server.http import ApiError, dumps, errors_as, read_json, translating
+from runner.server.models_api import parse_name
+from runner.server.reasoning import ReasoningError, openai_effort, think_from_effort
 
 
 def _error_shape(exc: ApiError) -> dict:

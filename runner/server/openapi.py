@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .. import __version__
-from ..config import Settings
-from ..engine.speculative import DRAFT_TYPES, MAX_DRAFT_NUM_PREDICT
+from runner import __version__
+from runner.settings import Settings
+from runner.engine.speculative import DRAFT_TYPES, MAX_DRAFT_NUM_PREDICT
 
 _INT64_MAX = 2**63 - 1
 DIGEST = {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$", "example": "sha256:" + "0" * 64}

@@ -21,10 +21,10 @@ from registry.oci import RegistryError
 from registry.pull import DEFAULT_STREAMS, PullError, Transfers, pull_model
 from registry.push import push_model
 
-from .. import __version__
-from ..config import env_int
-from ..create import CreateError, create_model, parse_create_request
-from .http import ApiError, NDJSONStream, bad_request, field, read_json
+from runner import __version__
+from runner.settings import env_int
+from runner.model.create import CreateError, create_model, parse_create_request
+from runner.server.http import ApiError, NDJSONStream, bad_request, field, read_json
 
 log = logging.getLogger("lm.server.registry")
 

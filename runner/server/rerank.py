@@ -18,11 +18,11 @@ import math
 
 from aiohttp import web
 
-from ..runner_process import RunnerError, RunnerRejected
-from .embed import resolve
-from .generate import Inference, _keep_alive, _options
-from .http import ApiError, bad_request, dumps, field, read_json
-from .openai import openai_errors
+from runner.daemon.runner_client import RunnerError, RunnerRejected
+from runner.server.embed import resolve
+from runner.server.generate import Inference, _keep_alive, _options
+from runner.server.http import ApiError, bad_request, dumps, field, read_json
+from runner.server.openai import openai_errors
 
 
 def _text(value, what: str) -> str:

@@ -8,10 +8,10 @@ import time
 
 from aiohttp import web
 
-from .generate import gather_chat, prepare_chat
-from .http import ApiError, dumps, translating
-from .openai import _bad, _options, _text_content, openai_errors, read_request
-from .reasoning import ReasoningError, openai_effort, think_from_effort
+from runner.server.generate import gather_chat, prepare_chat
+from runner.server.http import ApiError, dumps, translating
+from runner.server.openai import _bad, _options, _text_content, openai_errors, read_request
+from runner.server.reasoning import ReasoningError, openai_effort, think_from_effort
 
 
 def _input_messages(body: dict) -> list[dict]:

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..config import Settings, parse_duration
-from ..engine.speculative import DRAFT_TYPES, MAX_DRAFT_NUM_PREDICT
-from .http import ApiError, dumps
+from runner.settings import Settings, parse_duration
+from runner.engine.speculative import DRAFT_TYPES, MAX_DRAFT_NUM_PREDICT
+from runner.server.http import ApiError, dumps
 
 log = logging.getLogger("lm.security")
 

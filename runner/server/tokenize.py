@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..runner_process import RunnerError, RunnerRejected
-from .generate import Inference, _keep_alive, _options, _resolve
-from .http import ApiError, bad_request, field, read_json
+from runner.daemon.runner_client import RunnerError, RunnerRejected
+from runner.server.generate import Inference, _keep_alive, _options, _resolve
+from runner.server.http import ApiError, bad_request, field, read_json
 
 
 async def _on_runner(request: web.Request, body: dict, call):

@@ -1,4 +1,4 @@
-"""`python -m runner.bundled_install`: puts the bundled models into the store (run by install.sh).
+"""`python -m runner.model.bundled_install`: puts the bundled models into the store (run by install.sh).
 
 Uses the very code path of /api/create, in process, so that installing needs no running daemon.
 A model already present with the same GGUF is left as it is.
@@ -13,9 +13,9 @@ from modelfiles import parse_modelfile
 from registry import MEDIA_MODEL, ModelName, Store
 from registry.bundled import BUNDLED, default_cache_dir, fetch_gguf
 
-from .config import Settings
-from .create import create_model, parse_create_request
-from .modelfile_request import create_body
+from runner.settings import Settings
+from runner.model.create import create_model, parse_create_request
+from runner.model.modelfile_request import create_body
 
 
 def install(name: str, store: Store, *, quiet: bool = False) -> str:
@@ -33,7 +33,7 @@ def install(name: str, store: Store, *, quiet: bool = False) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m runner.bundled_install")
+    p = argparse.ArgumentParser(prog="python -m runner.model.bundled_install")
     p.add_argument("names", nargs="*", default=list(BUNDLED), help="bundled models (default: all)")
     args = p.parse_args()
     store = Store(Settings.from_env().models_dir)

@@ -31,7 +31,7 @@ from registry.gguf_info import GGUFInfo, is_gguf
 from registry.convert.quantize import QUANTIZABLE_SOURCES
 from registry.store import temp_name
 
-from .create_checks import Refused, check_requires, check_unsupported
+from runner.model.create_checks import Refused, check_requires, check_unsupported
 
 Progress = Callable[[str], None]
 _ROLES = {"system", "user", "assistant", "tool"}

@@ -8,7 +8,7 @@ from typing import Callable
 
 from modelfiles import Modelfile
 
-from .create_checks import DRAFT_REFUSAL
+from runner.model.create_checks import DRAFT_REFUSAL
 
 _DIGEST_PREFIXES = ("sha256:", "sha256-", "@sha256:")
 
@@ -68,7 +68,7 @@ def _resolve_path(value: str, base: Path) -> Path | None:
 def create_body(name: str, mf: Modelfile, base: Path, blob_for: Callable[[Path], str]) -> dict:
     """`blob_for(path)` puts a local file into the store (upload or copy) and returns its digest."""
     body: dict = {"model": name}
-    # Refused before any upload: the server would refuse them too (see runner/create_checks.py)
+    # Refused before any upload: the server would refuse them too (see runner/model/create_checks.py)
     if mf.extra_from:
         raise ModelfileSourceError(f"FROM {mf.extra_from[0]}: a second FROM (such as a vision projector) is not "
                                    "supported yet")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from modelfiles import TemplateError, render, render_jinja
 
-from .model_config import ModelConfig
+from runner.model.config import ModelConfig
 
 
 class PromptError(ValueError):

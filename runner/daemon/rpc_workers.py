@@ -1,6 +1,6 @@
 """ggml RPC workers as the daemon sees them: their addresses (LM_RPC_WORKERS) and what they serve.
 
-A worker is `lm worker` (runner/worker.py): ggml's own RPC server, serving one host's devices. The runner
+A worker is `lm worker` (runner/ggml/rpc_server.py): ggml's own RPC server, serving one host's devices. The runner
 process connects to it through libggml-rpc (runner/engine/rpc_devices.py). The daemon never loads ggml: a
 failed connect in libggml-rpc aborts the process (GGML_ABORT), and the daemon must outlive any worker. So
 it asks a worker what it serves by speaking the three messages of ggml's RPC protocol it needs (HELLO,
@@ -8,7 +8,7 @@ DEVICE_COUNT, GET_DEVICE_MEMORY) itself, with a timeout on every step.
 
 ggml's RPC server serves one client at a time: while a runner is connected, another connection waits
 in the listen queue. So the daemon probes a worker only while no runner of its own holds it
-(runner/scheduler.py lends the workers to one model at a time), and a probe that gets no answer within
+(runner/daemon/scheduler.py lends the workers to one model at a time), and a probe that gets no answer within
 its timeout reports the worker busy or unreachable instead of waiting.
 """
 

@@ -1,6 +1,6 @@
 """One copy of a model per GPU (LM_REPLICAS): which GPUs get a copy, and which copy takes a request.
 
-Pure functions, so tests drive them with given numbers; runner/scheduler.py starts the runners.
+Pure functions, so tests drive them with given numbers; runner/daemon/scheduler.py starts the runners.
 
 A model split across GPUs by layers gains memory, not speed: one GPU computes while the others wait.
 A model that fits one GPU whole can instead run as a copy on each, each with its own slots, so N GPUs
@@ -9,7 +9,7 @@ serve N times the requests at once.
 
 from __future__ import annotations
 
-from .memory import GpuInfo, ModelShape, Placement, plan_gpus
+from runner.daemon.placement import GpuInfo, ModelShape, Placement, plan_gpus
 
 
 def replica_count(setting: int | str, n_gpus: int) -> int:

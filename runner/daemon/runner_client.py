@@ -61,7 +61,7 @@ class RunnerRejected(RunnerError):
         self.status = status
 
 
-class RunnerProcess:
+class RunnerClient:
     def __init__(self, model_path: Path, args: list[str], *, debug: bool = False):
         self.model_path = model_path
         self.args = args

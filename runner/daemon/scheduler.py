@@ -7,12 +7,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from .config import Settings
-from .memory import ModelShape, Placement, available_ram, gpu_backend, gpu_devices, place
-from .model_config import ModelConfig
-from .replicas import pick_replica, plan_replicas
-from .rpc import WorkerError, parse_workers, probe_all
-from .runner_process import RunnerError, RunnerProcess
+from runner.settings import Settings
+from runner.daemon.placement import ModelShape, Placement, available_ram, gpu_backend, gpu_devices, place
+from runner.model.config import ModelConfig
+from runner.daemon.replicas import pick_replica, plan_replicas
+from runner.daemon.rpc_workers import WorkerError, parse_workers, probe_all
+from runner.daemon.runner_client import RunnerError, RunnerClient
 
 log = logging.getLogger("lm.scheduler")
 FOREVER = float("inf")
@@ -25,7 +25,7 @@ class ServerBusy(Exception):
 @dataclass
 class Replica:
     """One runner process holding a copy of the model (one per GPU with LM_REPLICAS; usually the only one)."""
-    proc: RunnerProcess
+    proc: RunnerClient
     placement: Placement
     active: int = 0
 
@@ -55,7 +55,7 @@ class LoadedModel:
         return self.replicas[0].placement
 
     @property
-    def proc(self) -> RunnerProcess:
+    def proc(self) -> RunnerClient:
         return self.replicas[0].proc
 
     @property
@@ -68,7 +68,7 @@ class LoadedModel:
 
     @property
     def holds_workers(self) -> bool:
-        """On RPC workers' devices: a worker serves one runner at a time (runner/rpc.py)."""
+        """On RPC workers' devices: a worker serves one runner at a time (runner/daemon/rpc_workers.py)."""
         return any(r.placement.remote for r in self.replicas)
 
 
@@ -79,7 +79,7 @@ class Lease:
     replica: Replica
 
     @property
-    def proc(self) -> RunnerProcess:
+    def proc(self) -> RunnerClient:
         return self.replica.proc
 
     @property
@@ -254,7 +254,7 @@ class Scheduler:
         self.loaded[config.key] = lm
         return lm
 
-    def _runner(self, config: ModelConfig, options: dict, placement: Placement, num_ctx: int) -> RunnerProcess:
+    def _runner(self, config: ModelConfig, options: dict, placement: Placement, num_ctx: int) -> RunnerClient:
         """The runner process (not started yet) for one copy of the model at `placement`."""
         kv_type, flash = self.settings.engine_kv
         args = ["--ctx", str(num_ctx), "--parallel", str(placement.parallel),
@@ -297,7 +297,7 @@ class Scheduler:
         log.info("loading %s (ctx %d, %d slots, %d GPU layers%s; KV cache %s, %.1f MiB per slot, flash attention %s)",
                  config.display, num_ctx, placement.parallel, placement.gpu_layers, f": {gpus}" if gpus else "",
                  kv_type, placement.kv_bytes_per_slot / 2**20, flash)
-        return RunnerProcess(config.model_path, args, debug=self.settings.debug)
+        return RunnerClient(config.model_path, args, debug=self.settings.debug)
 
     @staticmethod
     def _use_mmap(config: ModelConfig, options: dict) -> bool:

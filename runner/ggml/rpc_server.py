@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 
-from .rpc import Endpoint, WorkerError, is_loopback, parse_endpoint
+from runner.daemon.rpc_workers import Endpoint, WorkerError, is_loopback, parse_endpoint
 
 def check_listen(listen: str, allow_public: bool) -> Endpoint:
     """The address to listen on; WorkerError for a malformed one, or a public one without allow_public.
@@ -51,7 +51,7 @@ def choose_devices(available: list, wanted: list[str]) -> list:
 def serve(listen: str, wanted: list[str], *, allow_public: bool = False, threads: int = 0,
           cache_dir: str | None = None) -> int:
     """Runs the worker until it is stopped; the exit status when it cannot serve."""
-    from . import ggml_backend
+    from runner.ggml import backend as ggml_backend
 
     try:
         endpoint = check_listen(listen, allow_public)
