@@ -7,6 +7,8 @@
 #   ./install.sh --no-models  skip the bundled models
 #
 # Environment: LM_VENV (default: <repo>/.venv), LM_BUILD=cpu|cuda|metal to force the llama.cpp build,
+# LM_LLAMAFILE=on to keep llamafile's sgemm in the CPU build (faster F16/BF16/Q8_0 prompts, but those types'
+# texts then depend on what they are batched with; docs/performance.md has the A/B),
 # LM_BIN_DIR (where the `lm` link goes), LM_MODELS (the model store).
 set -euo pipefail
 
@@ -49,7 +51,10 @@ fi
 # unfixed upstream); the AVX-512 kernels serve those CPUs instead. The flags only mean something on x86.
 # It also leaves out llamafile's sgemm: that kernel serves unquantized (F32/F16/BF16) products of two or
 # more rows and ggml's vec_dot one row, so a sequence's logits would depend on what it was batched with;
-# without it, LM_BATCH_INVARIANT holds for every weight type (docs/performance.md has its cost).
+# without it, LM_BATCH_INVARIANT holds for every weight type. It costs those types' prefill (F16 about half,
+# Q8_0 a third: docs/performance.md), so LM_LLAMAFILE=on keeps it.
+llamafile="${LM_LLAMAFILE:-off}"
+case "$llamafile" in on|off) ;; *) echo "install.sh: LM_LLAMAFILE must be on or off" >&2; exit 2 ;; esac
 no_amx=""
 if [ "$build" = cpu ] && [ "$(uname -m)" = x86_64 ]; then no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"; fi
 llama_wanted() {  # true when llama-cpp-python is to be installed: not our version, a build without ggml's
@@ -69,7 +74,9 @@ PY
   case "$have " in "$llama_version "*) ;; *) return 0 ;; esac
   case " $have " in *" norpc "*) return 0 ;; esac
   if [ -n "$no_amx" ]; then case " $have " in *" amx "*) return 0 ;; esac; fi
-  if [ "$build" = cpu ]; then case " $have " in *" llamafile "*) return 0 ;; esac; fi
+  if [ "$build" = cpu ]; then
+    case " $have " in *" llamafile "*) [ "$llamafile" = on ] || return 0 ;; *) [ "$llamafile" = off ] || return 0 ;; esac
+  fi
   return 1
 }
 if llama_wanted; then
@@ -77,7 +84,7 @@ if llama_wanted; then
   case "$build" in
     cuda)  CMAKE_ARGS="-DGGML_CUDA=on -DGGML_RPC=on" "${pip[@]}" --force-reinstall --no-cache-dir "llama-cpp-python==$llama_version" ;;
     metal) CMAKE_ARGS="-DGGML_METAL=on -DGGML_RPC=on" "${pip[@]}" --force-reinstall "llama-cpp-python==$llama_version" ;;
-    cpu)   cpu_env=(env CMAKE_ARGS="-DGGML_RPC=on -DGGML_LLAMAFILE=OFF" CFLAGS="${CFLAGS:-} $no_amx" CXXFLAGS="${CXXFLAGS:-} $no_amx")
+    cpu)   cpu_env=(env CMAKE_ARGS="-DGGML_RPC=on -DGGML_LLAMAFILE=$llamafile" CFLAGS="${CFLAGS:-} $no_amx" CXXFLAGS="${CXXFLAGS:-} $no_amx")
            "${cpu_env[@]}" "${pip[@]}" "llama-cpp-python==$llama_version"
            if llama_wanted; then  # pip kept or reused a build without RPC, or with AMX or llamafile: build afresh
              "${cpu_env[@]}" "${pip[@]}" --force-reinstall --no-deps --no-cache-dir "llama-cpp-python==$llama_version"

@@ -5,9 +5,10 @@ alone, then the same step beside three other sequences, compared bit for bit.
 - Repacked weights (llama.cpp's CPU "extra buffer types", on by default) compute four rows at once with
   another kernel than one row: Q4_K (and Q3_K in a Q3_K_M file, both Q4_K inside) differ. lm loads models
   without them on the CPU (LM_BATCH_INVARIANT), and every quantized type is then invariant.
-- Unquantized weights (F32, F16, BF16) are not: llama.cpp's llamafile sgemm takes the products of two rows
-  or more, ggml's vec_dot those of one, and the two sum in another order. That is a build option of
-  llama.cpp (GGML_LLAMAFILE), not a runtime one: see docs/performance.md.
+- Unquantized weights (F32, F16, BF16) are invariant only in a build without llamafile's sgemm: it takes
+  the products of two rows or more, ggml's vec_dot those of one, and the two sum in another order. That
+  is a build option of llama.cpp (GGML_LLAMAFILE), so install.sh's CPU build turns it off (and rebuilds a
+  build that has it): see docs/performance.md.
 
 The tiny test model's weights are random; its logits, compared exactly, show any difference (the texts of
 the real models under load are in test_engine_load.py)."""
@@ -22,7 +23,6 @@ import pytest
 from registry.convert.quantize import QUANT_TYPES, quantize_file
 
 UNQUANTIZED = ("F32", "F16", "BF16")
-QUANTIZED = [q for q in QUANT_TYPES if q not in UNQUANTIZED]
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +74,16 @@ def _alone_and_beside_others(path: Path, *, repack: bool) -> tuple[np.ndarray, n
         model.close()
 
 
-@pytest.mark.parametrize("qtype", QUANTIZED)
-def test_every_quantized_type_is_batch_invariant_without_repacked_weights(quantized, qtype):
+def test_the_cpu_build_has_no_llamafile_sgemm():
+    # install.sh builds llama.cpp with GGML_LLAMAFILE=OFF on the CPU: without it F32/F16/BF16 would not be
+    # invariant (the case below), and this names the cause rather than a logits difference.
+    import llama_cpp as ll
+
+    assert b"LLAMAFILE = 1" not in ll.llama_print_system_info(), "rebuild with ./install.sh"
+
+
+@pytest.mark.parametrize("qtype", [*UNQUANTIZED, *(q for q in QUANT_TYPES if q not in UNQUANTIZED)])
+def test_every_type_is_batch_invariant_without_repacked_weights(quantized, qtype):
     alone, together = _alone_and_beside_others(quantized(qtype), repack=False)
     assert np.array_equal(alone, together), f"{qtype}: max difference {np.abs(alone - together).max():g}"
 
