@@ -273,7 +273,7 @@ def client_base_url() -> str:
 
 
 def _rpc_workers() -> tuple[str, ...]:
-    from runner.daemon.rpc_workers import WorkerError, parse_workers
+    from runner.ggml.rpc_client import WorkerError, parse_workers
 
     try:
         return tuple(str(e) for e in parse_workers(env("RPC_WORKERS")))

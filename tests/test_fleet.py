@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.daemon.rpc_workers import WorkerError, parse_endpoint, probe
+from runner.ggml.rpc_client import WorkerError, parse_endpoint, probe
 from tests.conftest import REPO, Daemon, create_bundled, free_port
 from tests.test_faults import runner_pids
 

@@ -11,7 +11,7 @@ import pytest
 
 from runner.daemon.placement import GIB, SAFETY_MARGIN, GpuInfo, ModelShape, layers_per_device, plan_gpus, plan_with_remote
 from runner.daemon.replicas import pick_replica, plan_replicas, replica_count
-from runner.daemon.rpc_workers import Endpoint, RemoteDevice, WorkerError, is_loopback, parse_endpoint, parse_workers
+from runner.ggml.rpc_client import Endpoint, RemoteDevice, WorkerError, is_loopback, parse_endpoint, parse_workers
 from runner.ggml.rpc_server import check_listen, choose_devices
 from runner.ggml.backend import Device
 

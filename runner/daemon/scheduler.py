@@ -11,7 +11,7 @@ from runner.settings import Settings
 from runner.daemon.placement import ModelShape, Placement, available_ram, gpu_backend, gpu_devices, place
 from runner.model.config import ModelConfig
 from runner.daemon.replicas import pick_replica, plan_replicas
-from runner.daemon.rpc_workers import WorkerError, parse_workers, probe_all
+from runner.ggml.rpc_client import WorkerError, parse_workers, probe_all
 from runner.daemon.runner_client import RunnerError, RunnerClient
 
 log = logging.getLogger("lm.scheduler")
@@ -68,7 +68,7 @@ class LoadedModel:
 
     @property
     def holds_workers(self) -> bool:
-        """On RPC workers' devices: a worker serves one runner at a time (runner/daemon/rpc_workers.py)."""
+        """On RPC workers' devices: a worker serves one runner at a time (runner/ggml/rpc_client.py)."""
         return any(r.placement.remote for r in self.replicas)
 
 

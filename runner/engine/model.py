@@ -49,7 +49,7 @@ class ContextConfig:
     # The slots split over this many contexts (each its own KV cache and compute buffers), so that the
     # engine can sample one group's step while the GPU computes another's (runner/engine/batch.py).
     n_contexts: int = 1
-    # ggml RPC workers (host:port) whose devices take part, after this host's GPUs (runner/daemon/rpc_workers.py)
+    # ggml RPC workers (host:port) whose devices take part, after this host's GPUs (runner/ggml/rpc_client.py)
     rpc_workers: tuple[str, ...] = ()
 
 

@@ -106,7 +106,7 @@ def offload_devices(endpoints: list[str]) -> tuple[list[Device], ctypes.Array]:
     """The devices a model offloads to when RPC workers take part: this host's GPUs (registry order, as
     CUDA numbers them), then each worker's devices in `endpoints` order (the numbering the daemon planned
     with: runner/memory.plan_with_remote); and the NULL-terminated array llama_model_params.devices takes."""
-    from runner.daemon.rpc_workers import WorkerError, parse_endpoint, probe
+    from runner.ggml.rpc_client import WorkerError, parse_endpoint, probe
 
     local = [d for d in devices() if d.type in ("GPU", "IGPU") and not d.name.startswith("RPC")]
     remote: list[Device] = []
@@ -133,7 +133,7 @@ def harden_rpc_sockets(endpoints: list[str]) -> int:
     """Sets keepalive and a user timeout on this process's TCP connections to `endpoints`; how many."""
     import socket
 
-    from runner.daemon.rpc_workers import parse_endpoint
+    from runner.ggml.rpc_client import parse_endpoint
 
     peers = set()
     for text in endpoints:

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 
-from runner.daemon.rpc_workers import Endpoint, WorkerError, is_loopback, parse_endpoint
+from runner.ggml.rpc_client import Endpoint, WorkerError, is_loopback, parse_endpoint
 
 def check_listen(listen: str, allow_public: bool) -> Endpoint:
     """The address to listen on; WorkerError for a malformed one, or a public one without allow_public.

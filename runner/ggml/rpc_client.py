@@ -1,7 +1,7 @@
-"""ggml RPC workers as the daemon sees them: their addresses (LM_RPC_WORKERS) and what they serve.
+"""ggml RPC workers from the outside: their addresses (LM_RPC_WORKERS) and what they serve, asked in Python.
 
 A worker is `lm worker` (runner/ggml/rpc_server.py): ggml's own RPC server, serving one host's devices. The runner
-process connects to it through libggml-rpc (runner/engine/rpc_devices.py). The daemon never loads ggml: a
+process connects to it through libggml-rpc (runner/ggml/backend.py). The daemon never loads ggml: a
 failed connect in libggml-rpc aborts the process (GGML_ABORT), and the daemon must outlive any worker. So
 it asks a worker what it serves by speaking the three messages of ggml's RPC protocol it needs (HELLO,
 DEVICE_COUNT, GET_DEVICE_MEMORY) itself, with a timeout on every step.
