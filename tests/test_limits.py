@@ -60,6 +60,42 @@ def test_chunked_body_over_the_cap_is_413(limited):
     conn.close()
 
 
+def _chunked_post(daemon, path: str, body: dict) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+    payload = json.dumps(body).encode()
+    conn.putrequest("POST", path)
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    try:
+        for i in range(0, len(payload), 8192):
+            piece = payload[i:i + 8192]
+            conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+        conn.send(b"0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    resp = conn.getresponse()
+    try:
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def test_an_error_has_its_dialects_shape_wherever_it_is_raised(limited):
+    # A 413 found while reading the body (chunked: no length to refuse it by) has the same shape as the
+    # middleware's, and an unknown /v1 route answers in OpenAI's shape too (runner/server/errors.py).
+    big = {"model": "tiny", "messages": [{"role": "user", "content": "x" * 70_000}]}
+    status, body = _chunked_post(limited, "/v1/chat/completions", big)
+    assert status == 413 and body["error"]["type"] == "invalid_request_error", body
+    status, body = _chunked_post(limited, "/v1/messages", {**big, "max_tokens": 4})
+    assert status == 413 and body == {"type": "error", "error": {"type": "request_too_large",
+                                                                 "message": body["error"]["message"]}}
+    status, body = limited.post("/v1/no-such-route", {})
+    assert status == 404 and body["error"]["type"] == "not_found_error"
+    status, body = limited.post("/api/no-such-route", {})
+    assert status == 404 and body == {"error": "404 page not found"}
+
+
 def test_blob_uploads_are_not_capped(limited):
     data = os.urandom(300_000)  # well over LM_MAX_BODY: streamed to disk, not read into memory
     digest = "sha256:" + hashlib.sha256(data).hexdigest()

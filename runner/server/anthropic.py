@@ -8,29 +8,19 @@ import secrets
 from aiohttp import web
 
 from runner.server.generate import gather_chat, prepare_chat
-from runner.server.http import ApiError, dumps, errors_as, read_json, translating
+from runner.server.errors import answer_errors
+from runner.server.http import ApiError, bad_request, dumps, read_json, translating
 from runner.server.reasoning import ReasoningError, think_from_anthropic
 
-_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-                503: "overloaded_error"}
-
-
-def _error_shape(exc: ApiError) -> dict:
-    return {"type": "error", "error": {"type": _ERROR_TYPES.get(exc.status, "api_error"), "message": exc.message}}
-
-
-anthropic_errors = errors_as(_error_shape)
-
-
-def _bad(message: str) -> ApiError:
-    return ApiError(400, message)
+# Errors in Anthropic's shape: {"type": "error", "error": {"type", "message"}} (runner/server/errors.py).
+anthropic_errors = answer_errors
 
 
 def _blocks_text(content) -> str:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise _bad("content must be a string or a list of content blocks")
+        raise bad_request("content must be a string or a list of content blocks")
     return "".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
 
 
@@ -41,15 +31,15 @@ def _messages(body: dict) -> list[dict]:
         out.append({"role": "system", "content": _blocks_text(system)})
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
-        raise _bad("messages: must be a non-empty list")
+        raise bad_request("messages: must be a non-empty list")
     names: dict[str, str] = {}
     for m in raw:
         if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
-            raise _bad("messages: each message needs a role, user or assistant")
+            raise bad_request("messages: each message needs a role, user or assistant")
         content = m.get("content")
         blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
         if not isinstance(blocks, list):
-            raise _bad("messages: content must be a string or a list of content blocks")
+            raise bad_request("messages: content must be a string or a list of content blocks")
         text, calls, thinking = [], [], []
         for b in blocks:
             kind = b.get("type") if isinstance(b, dict) else None
@@ -66,7 +56,7 @@ def _messages(body: dict) -> list[dict]:
                 out.append({"role": "tool", "content": _blocks_text(b.get("content", "")),
                             "tool_name": names.get(b.get("tool_use_id", ""), "")})
             else:
-                raise _bad(f"messages: unsupported content block type {kind!r}")
+                raise bad_request(f"messages: unsupported content block type {kind!r}")
         if text or calls:
             msg = {"role": m["role"], "content": "".join(text)}
             if calls:
@@ -80,7 +70,7 @@ def _messages(body: dict) -> list[dict]:
 def _options(body: dict) -> dict:
     max_tokens = body.get("max_tokens")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        raise _bad("max_tokens: a positive integer is required")
+        raise bad_request("max_tokens: a positive integer is required")
     opts = {"num_predict": max_tokens}
     for key in ("temperature", "top_p", "top_k"):
         if body.get(key) is not None:
@@ -88,7 +78,7 @@ def _options(body: dict) -> dict:
     stops = body.get("stop_sequences")
     if stops is not None:
         if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-            raise _bad("stop_sequences: must be a list of strings")
+            raise bad_request("stop_sequences: must be a list of strings")
         opts["stop"] = stops
     return opts
 
@@ -106,7 +96,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise _bad("model: field required")
+        raise bad_request("model: field required")
     with translating("messages"):
         native = {"model": model, "messages": _messages(body), "options": _options(body), "stream": True}
         if (tools := _tools(body)) is not None:
@@ -115,7 +105,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
             if (think := think_from_anthropic(body)) is not None:
                 native["think"] = think
         except ReasoningError as exc:
-            raise _bad(str(exc)) from None
+            raise bad_request(str(exc)) from None
     prep = await prepare_chat(request, native)
     mid = f"msg_{secrets.token_hex(12)}"
     message = {"id": mid, "type": "message", "role": "assistant", "model": model, "content": [],

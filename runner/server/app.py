@@ -23,7 +23,7 @@ from runner.daemon.scheduler import Scheduler
 from runner.server import anthropic, embed, generate, models_api, openai, responses
 from runner.server import metrics, openapi, security
 from runner.server import registry_api, rerank, tokenize, webui
-from runner.server.http import ApiError, dumps
+from runner.server.errors import ApiError, error_response
 
 log = logging.getLogger("lm.server")
 
@@ -33,33 +33,31 @@ _NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 @web.middleware
 async def _errors(request: web.Request, handler):
+    """Whatever a handler lets escape, answered in the route's dialect (runner/server/errors.py)."""
     try:
         return await handler(request)
     except ApiError as exc:
-        return web.Response(status=exc.status, body=dumps({"error": exc.message}), content_type="application/json")
+        return error_response(request, exc.status, exc.message, param=exc.param)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         message = {404: "404 page not found", 405: "405 method not allowed"}.get(exc.status, exc.reason)
         if exc.status == 413:
             message = "request body too large"
-        return web.Response(status=exc.status, body=dumps({"error": message}), content_type="application/json")
+        return error_response(request, exc.status, message)
     except (ConnectionResetError, asyncio.CancelledError):
         raise
     except OSError as exc:
         if exc.errno in _NO_SPACE:  # disk full or a file size limit: say so, as a client can act on it
             log.error("storage full on %s %s: %s", request.method, request.path, exc)
-            return web.Response(status=507, body=dumps({"error": f"not enough storage space: {exc.strerror}"}),
-                                content_type="application/json")
+            return error_response(request, 507, f"not enough storage space: {exc.strerror}")
         log.exception("unhandled error on %s %s", request.method, request.path)
         # The reason without the file name: a client is never shown the server's paths.
         message = exc.strerror if exc.filename or exc.filename2 else str(exc)
-        return web.Response(status=500, body=dumps({"error": message or type(exc).__name__}),
-                            content_type="application/json")
+        return error_response(request, 500, message or type(exc).__name__)
     except Exception as exc:  # never a bare traceback to a client
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return web.Response(status=500, body=dumps({"error": str(exc) or type(exc).__name__}),
-                            content_type="application/json")
+        return error_response(request, 500, str(exc) or type(exc).__name__)
 
 
 async def version(_request: web.Request) -> web.Response:

@@ -1,10 +1,9 @@
-"""HTTP helpers shared by the route modules: errors as Ollama shapes them, JSON bodies, NDJSON streams."""
+"""HTTP helpers shared by the route modules: JSON bodies, NDJSON streams (errors: runner/server/errors.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import re
 from typing import Any
@@ -13,29 +12,7 @@ import orjson
 from aiohttp import web
 
 
-class ApiError(Exception):
-    """Raised by handlers; the error middleware turns it into `{"error": message}` with `status`."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def errors_as(shape):
-    """Decorator for routes of another API's dialect: an ApiError answered as `shape(exc)` (a JSON object)."""
-
-    def decorate(handler):
-        @functools.wraps(handler)
-        async def wrapped(request: web.Request):
-            try:
-                return await handler(request)
-            except ApiError as exc:
-                return web.Response(status=exc.status, body=dumps(shape(exc)), content_type="application/json")
-
-        return wrapped
-
-    return decorate
+from runner.server.errors import ApiError  # noqa: F401  (raised by every route module through here)
 
 
 @contextlib.contextmanager
@@ -48,8 +25,8 @@ def translating(api: str):
         raise ApiError(400, f"invalid {api} request: a field has the wrong type or shape ({exc})") from exc
 
 
-def bad_request(message: str) -> ApiError:
-    return ApiError(400, message)
+def bad_request(message: str, param: str | None = None) -> ApiError:
+    return ApiError(400, message, param)  # `param`: the field, for OpenAI's error shape
 
 
 def not_found(message: str) -> ApiError:

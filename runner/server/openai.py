@@ -16,25 +16,15 @@ from aiohttp import web
 
 from runner.server import embed as native_embed
 from runner.server.generate import _keep_alive, _options as native_options, chunks, prepare_chat, prepare_generate
-from runner.server.http import ApiError, dumps, errors_as, read_json, translating
+from runner.server.errors import answer_errors
+from runner.server.http import ApiError, bad_request, dumps, read_json, translating
 from runner.server.models_api import parse_name
 from runner.server.reasoning import ReasoningError, openai_effort, think_from_effort
 
 
-def _error_shape(exc: ApiError) -> dict:
-    kind = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-            503: "server_error"}.get(exc.status, "api_error")
-    return {"error": {"message": exc.message, "type": kind, "param": getattr(exc, "param", None), "code": None}}
+# Errors in OpenAI's shape: {"error": {"message", "type", "param", "code"}} (runner/server/errors.py).
+openai_errors = answer_errors
 
-
-# Errors in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
-openai_errors = errors_as(_error_shape)
-
-
-def _bad(message: str, param: str | None = None) -> ApiError:
-    err = ApiError(400, message)
-    err.param = param
-    return err
 
 
 async def read_request(request: web.Request) -> tuple[dict, str]:
@@ -42,7 +32,7 @@ async def read_request(request: web.Request) -> tuple[dict, str]:
     body = await read_json(request)
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise _bad("model is required", "model")
+        raise bad_request("model is required", "model")
     return body, model
 
 
@@ -57,18 +47,18 @@ def _options(body: dict) -> dict:
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     if limit is not None:
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            raise _bad("max_tokens must be a positive integer", "max_tokens")
+            raise bad_request("max_tokens must be a positive integer", "max_tokens")
         opts["num_predict"] = limit
     stop = body.get("stop")
     if stop is not None:
         if isinstance(stop, str):
             stop = [stop]
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-            raise _bad("stop must be a string or a list of strings", "stop")
+            raise bad_request("stop must be a string or a list of strings", "stop")
         opts["stop"] = stop
     n = body.get("n", 1)
     if n != 1:
-        raise _bad("only n=1 is supported", "n")
+        raise bad_request("only n=1 is supported", "n")
     return opts
 
 
@@ -77,7 +67,7 @@ def _format(body: dict):
     if rf is None:
         return None
     if not isinstance(rf, dict):
-        raise _bad("response_format must be an object", "response_format")
+        raise bad_request("response_format must be an object", "response_format")
     kind = rf.get("type")
     if kind == "text":
         return None
@@ -86,9 +76,9 @@ def _format(body: dict):
     if kind == "json_schema":
         schema = (rf.get("json_schema") or {}).get("schema")
         if not isinstance(schema, dict):
-            raise _bad("response_format.json_schema.schema must be an object", "response_format")
+            raise bad_request("response_format.json_schema.schema must be an object", "response_format")
         return schema
-    raise _bad(f"invalid response_format type {kind!r}", "response_format")
+    raise bad_request(f"invalid response_format type {kind!r}", "response_format")
 
 
 def _text_content(content) -> str:
@@ -99,20 +89,20 @@ def _text_content(content) -> str:
         texts = []
         for part in content:
             if not isinstance(part, dict) or part.get("type") not in ("text", "input_text", "output_text"):
-                raise _bad("only text content parts are supported", "messages")
+                raise bad_request("only text content parts are supported", "messages")
             texts.append(str(part.get("text", "")))
         return "".join(texts)
-    raise _bad("message content must be a string or a list of parts", "messages")
+    raise bad_request("message content must be a string or a list of parts", "messages")
 
 
 def _messages(raw) -> list[dict]:
     if not isinstance(raw, list) or not raw:
-        raise _bad("messages must be a non-empty list", "messages")
+        raise bad_request("messages must be a non-empty list", "messages")
     out = []
     names_by_call: dict[str, str] = {}
     for m in raw:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise _bad("each message needs a role", "messages")
+            raise bad_request("each message needs a role", "messages")
         role = "system" if m["role"] == "developer" else m["role"]
         msg = {"role": role, "content": _text_content(m.get("content"))}
         if isinstance(thought := m.get("reasoning", m.get("reasoning_content")), str) and thought:
@@ -124,7 +114,7 @@ def _messages(raw) -> list[dict]:
             try:
                 args = json.loads(args) if isinstance(args, str) else args
             except json.JSONDecodeError:
-                raise _bad("tool call arguments must be JSON", "messages") from None
+                raise bad_request("tool call arguments must be JSON", "messages") from None
             names_by_call[call.get("id", "")] = fn.get("name", "")
             calls.append({"function": {"name": fn.get("name", ""), "arguments": args}})
         if calls:
@@ -201,7 +191,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             if (think := think_from_effort(openai_effort(body))) is not None:
                 native["think"] = think
         except ReasoningError as exc:
-            raise _bad(str(exc), "reasoning_effort") from None
+            raise bad_request(str(exc), "reasoning_effort") from None
     prep = await prepare_chat(request, native)
     cid, created = f"chatcmpl-{secrets.token_hex(6)}", int(time.time())
     base = {"id": cid, "created": created, "model": model, "system_fingerprint": "fp_lm"}
@@ -268,9 +258,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
     if not isinstance(prompt, str):
-        raise _bad("prompt must be a string", "prompt")
+        raise bad_request("prompt must be a string", "prompt")
     if body.get("echo"):
-        raise _bad("echo is not supported", "echo")
+        raise bad_request("echo is not supported", "echo")
     with translating("completion"):
         native = {"model": model, "prompt": prompt, "options": _options(body), "stream": True,
                   **_logprob_fields(body)}
@@ -318,7 +308,7 @@ def _embedding_inputs(value) -> list:
         return [value]
     if isinstance(value, list) and value and all((isinstance(x, str) and x) or tokens(x) for x in value):
         return list(value)
-    raise _bad("input must be a non-empty string, a list of non-empty strings, or token arrays", "input")
+    raise bad_request("input must be a non-empty string, a list of non-empty strings, or token arrays", "input")
 
 
 @openai_errors
@@ -327,10 +317,10 @@ async def embeddings(request: web.Request) -> web.Response:
     inputs = _embedding_inputs(body.get("input"))
     encoding = body.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
-        raise _bad("encoding_format must be 'float' or 'base64'", "encoding_format")
+        raise bad_request("encoding_format must be 'float' or 'base64'", "encoding_format")
     dimensions = body.get("dimensions")
     if dimensions is not None and (type(dimensions) is not int or dimensions < 1):
-        raise _bad("dimensions must be a positive integer", "dimensions")
+        raise bad_request("dimensions must be a positive integer", "dimensions")
     cfg = await native_embed.resolve(request, {"model": model})
     result = await native_embed.embed_texts(request, cfg, inputs, options=native_options(cfg, {}),
                                             keep_alive=_keep_alive({}))

@@ -9,8 +9,8 @@ import time
 from aiohttp import web
 
 from runner.server.generate import gather_chat, prepare_chat
-from runner.server.http import ApiError, dumps, translating
-from runner.server.openai import _bad, _options, _text_content, openai_errors, read_request
+from runner.server.http import ApiError, bad_request, dumps, translating
+from runner.server.openai import _options, _text_content, openai_errors, read_request
 from runner.server.reasoning import ReasoningError, openai_effort, think_from_effort
 
 
@@ -23,17 +23,17 @@ def _input_messages(body: dict) -> list[dict]:
     if isinstance(items, str):
         return messages + [{"role": "user", "content": items}]
     if not isinstance(items, list) or not items:
-        raise _bad("input must be a string or a non-empty list of items", "input")
+        raise bad_request("input must be a string or a non-empty list of items", "input")
     names: dict[str, str] = {}
     pending_thinking = ""  # a reasoning item given back belongs to the assistant turn after it (Ollama's reading)
     for item in items:
         if not isinstance(item, dict):
-            raise _bad("each input item must be an object", "input")
+            raise bad_request("each input item must be an object", "input")
         kind = item.get("type", "message")
         if kind == "message":
             role = "system" if item.get("role") == "developer" else item.get("role")
             if role not in ("system", "user", "assistant"):
-                raise _bad("message items need a role: system, developer, user or assistant", "input")
+                raise bad_request("message items need a role: system, developer, user or assistant", "input")
             messages.append({"role": role, "content": _text_content(item.get("content"))})
             if role == "assistant" and pending_thinking:
                 messages[-1]["thinking"], pending_thinking = pending_thinking, ""
@@ -44,7 +44,7 @@ def _input_messages(body: dict) -> list[dict]:
             try:
                 args = json.loads(item.get("arguments") or "{}")
             except json.JSONDecodeError:
-                raise _bad("function_call arguments must be JSON", "input") from None
+                raise bad_request("function_call arguments must be JSON", "input") from None
             names[item.get("call_id", "")] = item.get("name", "")
             messages.append({"role": "assistant", "content": "",
                              "tool_calls": [{"function": {"name": item.get("name", ""), "arguments": args}}]})
@@ -52,7 +52,7 @@ def _input_messages(body: dict) -> list[dict]:
             messages.append({"role": "tool", "content": str(item.get("output", "")),
                              "tool_name": names.get(item.get("call_id", ""), "")})
         else:
-            raise _bad(f"unsupported input item type {kind!r}", "input")
+            raise bad_request(f"unsupported input item type {kind!r}", "input")
     return messages
 
 
@@ -64,7 +64,7 @@ def _tools(body: dict) -> list[dict] | None:
     out = []
     for t in tools:
         if not isinstance(t, dict) or t.get("type") != "function":
-            raise _bad("only function tools are supported", "tools")
+            raise bad_request("only function tools are supported", "tools")
         out.append({"type": "function", "function": {"name": t.get("name"), "description": t.get("description", ""),
                                                      "parameters": t.get("parameters") or {}}})
     return out
@@ -90,11 +90,11 @@ def _check_fields(body: dict) -> None:
         value = body.get(name)
         if value is not None and not isinstance(value, kinds):
             wanted = " or ".join(_JSON_TYPES[k] for k in kinds)
-            raise _bad(f"Invalid type for '{name}': expected {wanted}, but got "
+            raise bad_request(f"Invalid type for '{name}': expected {wanted}, but got "
                        f"{_JSON_TYPES.get(type(value), 'a value of another type')} instead.", name)
     if body.get("previous_response_id") is not None:
         # lm keeps no responses (as Ollama): every id is unknown, so the conversation must come as input items
-        raise _bad(f"Previous response with id '{body['previous_response_id']}' not found.", "previous_response_id")
+        raise bad_request(f"Previous response with id '{body['previous_response_id']}' not found.", "previous_response_id")
 
 
 @openai_errors
@@ -113,7 +113,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             if (think := think_from_effort(openai_effort(body))) is not None:
                 native["think"] = think
         except ReasoningError as exc:
-            raise _bad(str(exc), "reasoning") from None
+            raise bad_request(str(exc), "reasoning") from None
     prep = await prepare_chat(request, native)
 
     rid, mid = f"resp_{secrets.token_hex(12)}", f"msg_{secrets.token_hex(12)}"

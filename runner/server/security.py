@@ -24,7 +24,8 @@ from aiohttp import web
 
 from runner.settings import Settings, parse_duration
 from runner.engine.speculative import DRAFT_TYPES, MAX_DRAFT_NUM_PREDICT
-from runner.server.http import ApiError, dumps
+from runner.server.errors import error_response
+from runner.server.http import bad_request
 
 log = logging.getLogger("lm.security")
 
@@ -41,26 +42,6 @@ _TOKEN_MAX = 2**31 - 1  # llama.cpp token ids are int32
 _MAX_DURATION_S = (2**63 - 1) // 10**9  # Go's longest time.Duration (~292 years), as Ollama parses keep_alive
 MAX_NUM_BATCH = 65536
 MAX_NUM_THREAD = 1024
-
-
-# ---------------------------------------------------------------- errors in each API's own shape
-
-def error_body(path: str, status: int, message: str) -> dict:
-    """`{"error": ...}` (Ollama), OpenAI's or Anthropic's error object, chosen by the route."""
-    if path.startswith("/v1/messages"):
-        kind = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                404: "not_found_error", 413: "request_too_large", 503: "overloaded_error"}.get(status, "api_error")
-        return {"type": "error", "error": {"type": kind, "message": message}}
-    if path.startswith("/v1/"):
-        kind = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                404: "not_found_error", 413: "invalid_request_error", 503: "server_error"}.get(status, "api_error")
-        return {"error": {"message": message, "type": kind, "param": None, "code": None}}
-    return {"error": message}
-
-
-def error_response(request: web.Request, status: int, message: str, headers: dict | None = None) -> web.Response:
-    return web.Response(status=status, body=dumps(error_body(request.path, status, message)),
-                        content_type="application/json", headers=headers)
 
 
 # ---------------------------------------------------------------- CORS
@@ -303,11 +284,6 @@ def body_size_middleware(settings: Settings):
     return body_size
 
 
-def _bad(message: str, param: str | None = None) -> ApiError:
-    err = ApiError(400, message)
-    err.param = param  # type: ignore[attr-defined]  # OpenAI's error shape names the field
-    return err
-
 
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -319,13 +295,13 @@ def _check_range(container: dict, key: str, low: int, high: int, label: str, set
         return  # absent, null or of a wrong type: the route's own validation answers that
     if value != value or not (low <= value <= high):  # NaN fails both comparisons
         hint = f", {setting}" if setting else ""
-        raise _bad(f"{label} must be between {low} and {high}{hint}; got {value}", label.split(".")[0])
+        raise bad_request(f"{label} must be between {low} and {high}{hint}; got {value}", label.split(".")[0])
 
 
 def _check_count(container: dict, key: str, limit: int, what: str, setting: str) -> None:
     value = container.get(key)
     if isinstance(value, list) and len(value) > limit:
-        raise _bad(f"too many {what}: {len(value)} (the limit is {limit}, {setting})", key)
+        raise bad_request(f"too many {what}: {len(value)} (the limit is {limit}, {setting})", key)
 
 
 _PREDICT_FIELDS = {  # route -> the field that caps generated tokens
@@ -389,9 +365,9 @@ def check_limits(path: str, body: dict, s: Settings, model_predict: int | None =
         try:
             keep_alive = parse_duration(body["keep_alive"])
         except (ValueError, TypeError) as exc:
-            raise _bad(str(exc), "keep_alive") from None
+            raise bad_request(str(exc), "keep_alive") from None
         if not keep_alive <= _MAX_DURATION_S:  # also catches NaN
-            raise _bad(f"keep_alive out of range (at most {_MAX_DURATION_S} seconds; negative keeps the model "
+            raise bad_request(f"keep_alive out of range (at most {_MAX_DURATION_S} seconds; negative keeps the model "
                        "loaded)", "keep_alive")
     options = body.get("options")
     if isinstance(options, dict):
@@ -406,7 +382,7 @@ def check_limits(path: str, body: dict, s: Settings, model_predict: int | None =
         _check_range(options, "draft_num_predict", 0, MAX_DRAFT_NUM_PREDICT, "options.draft_num_predict")
         draft_type = options.get("draft_type")
         if isinstance(draft_type, str) and draft_type not in DRAFT_TYPES:
-            raise _bad(f'options.draft_type must be "ngram", "none" or ""; got {json.dumps(draft_type)}', "options")
+            raise bad_request(f'options.draft_type must be "ngram", "none" or ""; got {json.dumps(draft_type)}', "options")
     if needs_model_limit(path, body, s):
         unset = _request_limit(path, body) is None
         if not (unset and model_predict is not None and 0 <= model_predict <= s.max_predict):
@@ -419,7 +395,7 @@ def check_limits(path: str, body: dict, s: Settings, model_predict: int | None =
                 body[_PREDICT_FIELDS[path][-1]] = s.max_predict
     for name in _PREDICT_FIELDS.get(path, ()):
         if _number(body.get(name)) and body[name] > max_predict:
-            raise _bad(f"{name} must be at most {max_predict} (LM_MAX_PREDICT); got {body[name]}", name)
+            raise bad_request(f"{name} must be at most {max_predict} (LM_MAX_PREDICT); got {body[name]}", name)
     if path in _MESSAGE_FIELDS:
         _check_count(body, _MESSAGE_FIELDS[path], s.max_messages, "messages", "LM_MAX_MESSAGES")
     if path in _BATCH_FIELDS:
@@ -428,10 +404,10 @@ def check_limits(path: str, body: dict, s: Settings, model_predict: int | None =
         _check_count(body, "context", s.max_context, "context tokens", "LM_MAX_CONTEXT")
         context = body.get("context")
         if isinstance(context, list) and not all(type(t) is int and 0 <= t <= _TOKEN_MAX for t in context):
-            raise _bad("context must be a list of token ids (integers from 0)", "context")
+            raise bad_request("context must be a list of token ids (integers from 0)", "context")
 
 
 __all__ = [
     "OriginPolicy", "KeyRing", "auth_middleware", "cors_middleware", "host_check_middleware",
-    "body_size_middleware", "check_limits", "needs_model_limit", "model_num_predict", "cors_headers", "error_body", "error_response", "default_origins", "is_loopback_host",
+    "body_size_middleware", "check_limits", "needs_model_limit", "model_num_predict", "cors_headers", "default_origins", "is_loopback_host",
 ]
