@@ -160,11 +160,11 @@ def get(name: str) -> BundledModel:
     raise KeyError(f"no bundled model {name!r}; bundled models: {', '.join(sorted(BUNDLED))}")
 
 
-def default_cache_dir() -> Path:
-    """Where bundled GGUFs are kept: ``$LM_BUNDLED_CACHE``, else ``<user cache>/lm/bundled``."""
-    env = os.environ.get("LM_BUNDLED_CACHE")
-    if env:
-        return Path(env).expanduser()
+def default_cache_dir(configured: Path | str | None = None) -> Path:
+    """Where bundled GGUFs are kept: ``configured`` (the installer passes LM_BUNDLED_CACHE; this package
+    reads no settings of its own), else ``<user cache>/lm/bundled``."""
+    if configured:
+        return Path(configured).expanduser()
     try:
         from platformdirs import user_cache_dir
 

@@ -17,7 +17,8 @@ Credentials, per registry host (``host`` or ``host:port`` as it appears in model
   (base64 of ``username:password``), ``"username"``/``"password"`` or ``"registrytoken"`` (sent as a
   bearer token as is). Credential helpers (``credsStore``) are not run.
 
-An entry of ``LM_REGISTRY_AUTH`` wins over the file. Credentials only ever go to their own registry
+The daemon reads these two settings (runner/settings.py) and passes them in (``load_credentials``,
+``CredentialSource``): registry/ reads no environment. An entry of ``LM_REGISTRY_AUTH`` wins over the file. Credentials only ever go to their own registry
 host and to the token realm that host names in its challenge, and never over plain http unless the
 caller allowed an insecure registry.
 
@@ -30,9 +31,8 @@ import asyncio
 import base64
 import json
 import logging
-import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -87,14 +87,6 @@ class Credential:
         return "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
 
 
-def _env(name: str) -> str | None:
-    for prefix in ("LM_", "OLLAMA_"):
-        value = os.environ.get(prefix + name)
-        if value:
-            return value
-    return None
-
-
 def _host_key(text: str) -> str:
     """``https://index.docker.io/v1/`` -> ``index.docker.io``; ``localhost:5000`` stays."""
     text = text.strip()
@@ -135,10 +127,12 @@ def parse_docker_config(data: dict) -> dict[str, Credential]:
     return creds
 
 
-def load_credentials() -> dict[str, Credential]:
-    """Credentials by registry host, from LM_REGISTRY_AUTH and the config file (see the module doc)."""
+def load_credentials(auth: str | None = None, config: Path | str | None = None) -> dict[str, Credential]:
+    """Credentials by registry host, from ``auth`` (LM_REGISTRY_AUTH's text) and the config file
+    ``config`` (LM_REGISTRY_CONFIG; unset: ``~/.docker/config.json``). The caller reads the settings:
+    this package reads no environment."""
     creds: dict[str, Credential] = {}
-    configured = _env("REGISTRY_CONFIG")
+    configured = config
     path = Path(configured).expanduser() if configured else Path.home() / ".docker" / "config.json"
     if path.is_file():
         try:
@@ -147,10 +141,20 @@ def load_credentials() -> dict[str, Credential]:
             log.warning("ignoring registry config %s: %s", path, exc)
     elif configured:
         log.warning("LM_REGISTRY_CONFIG: no such file %s", path)
-    env_value = _env("REGISTRY_AUTH")
-    if env_value:
-        creds.update(parse_auth_env(env_value))
+    if auth:
+        creds.update(parse_auth_env(auth))
     return creds
+
+
+@dataclass(frozen=True)
+class CredentialSource:
+    """Where a daemon's credentials come from (LM_REGISTRY_AUTH, LM_REGISTRY_CONFIG as the daemon read them);
+    loaded again for each transfer, so that a ``docker login`` after the start counts."""
+    auth: str | None = field(default=None, repr=False)
+    config: Path | str | None = None
+
+    def load(self) -> dict[str, Credential]:
+        return load_credentials(self.auth, self.config)
 
 
 # ---- challenges -------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from .manifest import Layer, Manifest
 from .names import ModelName
 from .oci import (
     NETWORK_ERRORS, Credential, RegistryClient, RegistryError, TokenCache, TransientError, Unauthorized,
-    load_credentials, new_session,
+    CredentialSource, new_session,
 )
 from .store import DigestMismatch, Store, StoreError, fsync_dir, unlink_quietly
 
@@ -99,9 +99,11 @@ class Transfers:
     """What one daemon's transfers share: the HTTP session, bearer tokens, the stream budget and the
     downloads in flight (so two pulls of one blob share one download)."""
 
-    def __init__(self, streams: int = DEFAULT_STREAMS, user_agent: str = "lm"):
+    def __init__(self, streams: int = DEFAULT_STREAMS, user_agent: str = "lm",
+                 credentials: CredentialSource = CredentialSource()):
         self.streams = max(1, int(streams))
         self.user_agent = user_agent
+        self.credentials = credentials
         self.tokens = TokenCache()
         self.downloads: dict[tuple[str, str], BlobDownload] = {}
         self._session = None
@@ -580,7 +582,7 @@ async def pull_model(store: Store, name: ModelName, progress: Progress, *, insec
     transfers = transfers or Transfers()
     try:
         progress({"status": "pulling manifest"})
-        client = transfers.client(name.host, insecure, load_credentials() if credentials is None else credentials)
+        client = transfers.client(name.host, insecure, transfers.credentials.load() if credentials is None else credentials)
         repo = repository(name)
         raw = await with_retries("pull model manifest", lambda: client.get_manifest(repo, name.tag))
         try:

@@ -16,7 +16,7 @@ import time
 
 from .manifest import Layer
 from .names import InvalidName, ModelName
-from .oci import NETWORK_ERRORS, Credential, RegistryClient, RegistryError, TransientError, load_credentials
+from .oci import NETWORK_ERRORS, Credential, RegistryClient, RegistryError, TransientError
 from .pull import MAX_RETRIES, MiB, Progress, PullError, Transfers, backoff, manifest_layers, repository, with_retries
 from .store import Store, StoreError
 
@@ -160,7 +160,7 @@ async def push_model(store: Store, name: ModelName, progress: Progress, *, insec
             progress({"status": "couldn't retrieve manifest"})
             raise PushError(f"model '{name.display}' not found")
         raw = stored.path.read_bytes()  # exactly what we have, so the registry's digest is ours
-        client = transfers.client(name.host, insecure, load_credentials() if credentials is None else credentials)
+        client = transfers.client(name.host, insecure, transfers.credentials.load() if credentials is None else credentials)
         for layer in manifest_layers(stored.manifest):
             await _upload_blob(client, store, name, layer, progress)
         progress({"status": "pushing manifest"})

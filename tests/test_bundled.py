@@ -55,9 +55,7 @@ def test_catalogue():
 
 
 def test_default_cache_dir(monkeypatch, tmp_path):
-    monkeypatch.setenv("LM_BUNDLED_CACHE", str(tmp_path / "x"))
-    assert bundled.default_cache_dir() == tmp_path / "x"
-    monkeypatch.delenv("LM_BUNDLED_CACHE")
+    assert bundled.default_cache_dir(tmp_path / "x") == tmp_path / "x"
     d = bundled.default_cache_dir()
     assert d.name == "bundled" and "lm" in d.parts
 

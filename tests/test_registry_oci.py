@@ -333,10 +333,9 @@ def test_credentials_from_env_and_docker_config(tmp_path, monkeypatch):
                                            "tok.example": Credential("", "", "abc")}
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
-    monkeypatch.setenv("LM_REGISTRY_CONFIG", str(path))
-    monkeypatch.setenv("LM_REGISTRY_AUTH", "reg.example:5000=env:wins")
-    from registry.oci import load_credentials
-    creds = load_credentials()
+    from registry.oci import CredentialSource, load_credentials
+    creds = load_credentials("reg.example:5000=env:wins", path)
+    assert CredentialSource("reg.example:5000=env:wins", path).load() == creds
     assert creds["reg.example:5000"] == Credential("env", "wins")
     assert creds["index.docker.io"] == Credential("al", "pw")
 

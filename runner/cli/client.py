@@ -13,7 +13,7 @@ import urllib.parse
 import urllib.request
 from typing import Iterator
 
-from runner.settings import client_base_url, env
+from runner.settings import client_base_url, setting
 
 
 MODEL_HEADER = "X-LM-Model"
@@ -62,7 +62,7 @@ class Client:
                 # A fleet's nginx routes on it, to keep a model's requests on the daemons that have it
                 # loaded (docs/operations.md); a header, so the proxy need not read the body.
                 headers[MODEL_HEADER] = body["model"]
-        key = env("API_KEY")
+        key = setting("API_KEY")
         if key:
             headers["Authorization"] = f"Bearer {key}"
         req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
@@ -114,7 +114,7 @@ class Client:
     def upload(self, path: str, file, size: int) -> None:
         req = urllib.request.Request(self.base + path, data=file, method="POST",
                                      headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"})
-        key = env("API_KEY")
+        key = setting("API_KEY")
         if key:
             req.add_header("Authorization", f"Bearer {key}")
         try:
@@ -143,7 +143,7 @@ def _is_local(base: str) -> bool:
 
 def ensure_daemon(client: Client) -> None:
     """Starts `lm serve` in the background when nothing answers on a local address."""
-    if client.is_up() or not _is_local(client.base) or os.environ.get("LM_NO_AUTOSTART"):
+    if client.is_up() or not _is_local(client.base) or setting("NO_AUTOSTART"):
         return
     log_dir = os.path.join(os.path.expanduser("~"), ".cache", "lm")
     os.makedirs(log_dir, exist_ok=True)

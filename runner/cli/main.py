@@ -11,6 +11,7 @@ import typer
 from runner import __version__
 from runner.cli.client import Client, ClientError, ensure_daemon
 from runner.cli.format import human_size, models_table, table, until
+from runner.settings import help_text as settings_help
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="lm: run large language models locally.",
                   context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,7 +43,7 @@ def _root(version: bool = typer.Option(False, "--version", "-v", callback=_versi
     pass
 
 
-@app.command()
+@app.command(epilog=settings_help())
 def serve() -> None:
     """Start the daemon (LM_HOST, default 127.0.0.1:11434)."""
     from runner.settings import Settings

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import platformdirs
 
-from runner.settings import env_bool
+from runner.settings import setting
 
 PLACEHOLDER = "Send a message (/? for help)"  # Ollama's readline placeholders
 ALT_PLACEHOLDER = "Press Enter to send"
@@ -42,7 +42,7 @@ def history_path() -> Path:
 
 
 def history_saved() -> bool:
-    return not env_bool("NOHISTORY")
+    return not setting("NOHISTORY")
 
 
 def completions(text: str) -> list[str]:

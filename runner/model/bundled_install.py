@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from modelfiles import parse_modelfile
 from registry import MEDIA_MODEL, ModelName, Store
@@ -18,9 +19,9 @@ from runner.model.create import create_model, parse_create_request
 from runner.model.modelfile_request import create_body
 
 
-def install(name: str, store: Store, *, quiet: bool = False) -> str:
+def install(name: str, store: Store, *, quiet: bool = False, cache: Path | None = None) -> str:
     bundled = BUNDLED[name]
-    gguf = fetch_gguf(name, default_cache_dir(), quiet=quiet)
+    gguf = fetch_gguf(name, default_cache_dir(cache), quiet=quiet)
     mf = parse_modelfile(bundled.modelfile.read_bytes())
     existing = store.find(ModelName.parse(name))
     digest, _ = store.add_blob_file(gguf)
@@ -36,10 +37,11 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m runner.model.bundled_install")
     p.add_argument("names", nargs="*", default=list(BUNDLED), help="bundled models (default: all)")
     args = p.parse_args()
-    store = Store(Settings.from_env().models_dir)
+    settings = Settings.from_env()
+    store = Store(settings.models_dir)
     for name in args.names:
         try:
-            print(install(name, store))
+            print(install(name, store, cache=settings.bundled_cache))
         except Exception as exc:  # one line, non-zero exit: the installer stops here
             print(f"Error: could not install {name}: {exc}", file=sys.stderr)
             sys.exit(1)

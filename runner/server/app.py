@@ -110,7 +110,7 @@ def make_app(settings: Settings) -> web.Application:
 
 
 def serve(settings: Settings) -> None:
-    metrics.configure_logging(settings.debug, settings.log_format)
+    metrics.configure_logging(settings.log_level, settings.log_format)
     app = make_app(settings)
 
     async def main() -> None:

@@ -29,6 +29,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
+from runner.settings import TRACE
+
 from runner import __version__
 
 access_log = logging.getLogger("lm.access")
@@ -198,7 +200,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
-def configure_logging(debug: bool, fmt: str = "text") -> None:
+def configure_logging(level: int = logging.INFO, fmt: str = "text") -> None:
+    """Root logging at `level` (a `logging` level; Settings.log_level maps LM_DEBUG onto it, TRACE included)."""
+    logging.addLevelName(TRACE, "TRACE")
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(RequestIdFilter())
@@ -206,7 +210,7 @@ def configure_logging(debug: bool, fmt: str = "text") -> None:
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    root.setLevel(level)
     for noisy in ("aiohttp.access", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -17,12 +17,11 @@ from aiohttp import web
 
 from registry import InvalidName, ModelName, StoreError
 from registry.hf import HFError, is_hf_name, pull_gguf
-from registry.oci import RegistryError
-from registry.pull import DEFAULT_STREAMS, PullError, Transfers, pull_model
+from registry.oci import CredentialSource, RegistryError
+from registry.pull import PullError, Transfers, pull_model
 from registry.push import push_model
 
 from runner import __version__
-from runner.settings import env_int
 from runner.model.create import CreateError, create_model, parse_create_request
 from runner.server.http import ApiError, NDJSONStream, bad_request, field, read_json
 
@@ -136,8 +135,9 @@ async def push(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
-    app["transfers"] = Transfers(streams=env_int("MAX_TRANSFER_STREAMS", DEFAULT_STREAMS),
-                                 user_agent=f"lm/{__version__}")
+    settings = app["settings"]
+    app["transfers"] = Transfers(streams=settings.max_transfer_streams, user_agent=f"lm/{__version__}",
+                                 credentials=CredentialSource(settings.registry_auth, settings.registry_config))
 
     async def close_transfers(app: web.Application) -> None:
         await app["transfers"].close()
