@@ -6,7 +6,9 @@ import re
 
 import pytest
 
-from runner.model.output import ChatOutputParser, Delta, output_tags, think_enabled
+from runner.model.output import ChatOutputParser, Delta
+from runner.model.template_tags import output_tags
+from runner.model.thinking import think_enabled
 
 # A Qwen-style template: tools in the system turn, calls as <tool_call> JSON, thinking in <think>.
 QWEN = """{{- if or .System .Tools }}<|im_start|>system

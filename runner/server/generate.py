@@ -15,7 +15,8 @@ from aiohttp import web
 from modelfiles import OptionError, validate_options
 from modelfiles.gotemplate import go_quote
 
-from runner.model.output import THINK_LEVELS, ChatOutputParser, Delta, think_enabled
+from runner.model.output import ChatOutputParser, Delta
+from runner.model.thinking import THINK_LEVELS, think_enabled
 from runner.settings import parse_duration
 from runner.daemon.placement import processor_label
 from runner.model.config import ModelConfig, ModelNotFound, load_model_config
