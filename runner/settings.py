@@ -188,12 +188,6 @@ class Settings:
     prune_grace: float = 3600.0  # LM_PRUNE_GRACE: unreferenced blobs younger than this are kept
     log_format: str = "text"  # LM_LOG_FORMAT: text or json
     sched_spread: bool = False  # LM_SCHED_SPREAD: split every model across all GPUs, even one that fits one
-    # LM_GPU_SAMPLING: sample in llama.cpp's decode graph where the model runs on a GPU (off unless set:
-    # measured slower than sampler chains on threads, on the H100 and on the CPU; docs/performance.md)
-    gpu_sampling: bool | None = None
-    # LM_GPU_TOPK=K: an experiment (docs/performance.md): each slot keeps a top_k(K) chain attached on the
-    # GPU, so only K candidates per sequence come back and the CPU chain samples from those (0: off)
-    gpu_top_k: int = 0
     # LM_PIPELINE: split a model's slots over two llama.cpp contexts, so that one group is sampled while
     # the GPU computes the other's step (None: the default, on where the model is on a GPU; true: on the
     # CPU too, where it gains nothing but runs the same engine path)
@@ -249,8 +243,6 @@ class Settings:
             prune_grace=env_duration("PRUNE_GRACE", "1h"),
             log_format=(env("LOG_FORMAT", "text") or "text").strip().lower(),
             sched_spread=env_tristate("SCHED_SPREAD") or False,
-            gpu_sampling=env_tristate("GPU_SAMPLING"),
-            gpu_top_k=env_int("GPU_TOPK", 0),
             pipeline=env_tristate("PIPELINE"),
             rpc_workers=_rpc_workers(),
             replicas=_replicas(),
