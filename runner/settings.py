@@ -299,12 +299,6 @@ TABLE: tuple[Setting, ...] = (
             "other hosts): models are placed over this host's GPUs and the workers' devices by free memory (a model "
             "that fits this host's GPUs stays here); a worker serves one model at a time; docs/operations.md", GPU,
             attr="rpc_workers"),
-    Setting("GPU_SAMPLING", None, parse_tristate, "sample inside llama.cpp's decode graph on the GPU (measured "
-            "slower than lm's CPU sampler threads: docs/performance.md)", GPU, attr="gpu_sampling",
-            shown_default="off"),
-    Setting("GPU_TOPK", 0, parse_int, "an experiment (docs/performance.md): `K` keeps a top-k(K) sampler on the "
-            "GPU per slot, so only K candidates per sequence come back to the CPU sampler (`0`: off)", GPU,
-            attr="gpu_top_k"),
     Setting("MAX_BODY", 32 * 1024 * 1024, parse_size_setting, "largest JSON request body (blob uploads excepted)",
             LIMITS, attr="max_body", shown_default="32MiB"),
     Setting("MAX_JSON_DEPTH", 64, parse_int, "deepest nesting of objects and arrays in a request body", LIMITS,
@@ -399,8 +393,6 @@ class Settings:
     log_format: str = "text"
     log_level: int = logging.INFO  # a `logging` level (TRACE below DEBUG), from LM_DEBUG
     sched_spread: bool = False
-    gpu_sampling: bool | None = None  # None: off (measured slower; docs/performance.md)
-    gpu_top_k: int = 0
     pipeline: bool | None = None  # None: on where the model is on a GPU
     rpc_workers: tuple[str, ...] = ()
     replicas: int | str = 1

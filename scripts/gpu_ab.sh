@@ -3,7 +3,7 @@
 # Prepare .device as scripts/gpu_bench.sh says, and put the baseline's tree beside it, e.g.
 #   mkdir -p .device/base && git archive HEAD runner registry modelfiles | tar x -C .device/base
 # then run there:  VARIANTS="base:.device/base new:. new2048:.:2048" bash scripts/gpu_ab.sh
-#   VARIANTS="name:dir[:num_batch[:ENV=VALUE,...]] ..."  e.g. "base:.device/base topk:.::LM_GPU_TOPK=40"  CLIENTS=8,32,64  SHAPE=llama3-8b  PROMPT=277 (tokens)
+#   VARIANTS="name:dir[:num_batch[:ENV=VALUE,...]] ..."  e.g. "base:.device/base onectx:.::LM_PIPELINE=false"  CLIENTS=8,32,64  SHAPE=llama3-8b  PROMPT=277 (tokens)
 #   LM_ENGINE_PROFILE=N LM_DEBUG=1
 set -uo pipefail
 ROOT=$PWD; OUT=${OUT:-/tmp/ab}; mkdir -p "$OUT"

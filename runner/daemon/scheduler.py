@@ -267,12 +267,6 @@ class Scheduler:
             args += ["--batch", str(int(batch))]
         if placement.gpu_layers > 0:
             args.append("--mixed-prefill")  # GPU: throughput over bit-exact batch invariance
-            # the output layer is on a GPU of this host (not a worker's, across the network): sample there too
-            if placement.gpu_layers > placement.n_layers and not placement.remote:
-                if self.settings.gpu_sampling:
-                    args.append("--backend-sampling")
-                elif self.settings.gpu_top_k > 0:
-                    args += ["--backend-top-k", str(self.settings.gpu_top_k)]
         invariant = self.settings.batch_invariant
         if invariant or (invariant is None and placement.gpu_layers == 0):
             args.append("--no-repack")  # the same seed gives the same text alone and under load

@@ -36,10 +36,6 @@ def _args() -> argparse.Namespace:
     p.add_argument("--no-repack", action="store_true",
                    help="no repacked CPU weights (llama.cpp's extra buffer types): batch-invariant kernels")
     p.add_argument("--mixed-prefill", action="store_true", help="mix prefill chunks into decode steps (GPU)")
-    p.add_argument("--backend-top-k", type=int, default=0,
-                   help="keep a top_k chain of this size on the backend per slot; the CPU samples from its output")
-    p.add_argument("--backend-sampling", action="store_true",
-                   help="sample in llama.cpp's decode graph (on the GPU): only token ids reach the host")
     p.add_argument("--contexts", type=int, default=1,
                    help="split the slots over this many contexts, one sampled while the GPU computes another")
     p.add_argument("--embedding", action="store_true", help="an embedding model: no generation context")
@@ -74,8 +70,7 @@ async def _serve(args: argparse.Namespace, model: LoadedModel, embedder=None) ->
     from runner.engine.server import RunnerServer
 
     info = {"n_ctx": args.ctx, "gpu_layers": args.gpu_layers, "pid": os.getpid()}
-    server = RunnerServer(model, args.parallel, mixed_prefill=args.mixed_prefill,
-                          backend_sampling=args.backend_sampling, backend_top_k=args.backend_top_k, info=info,
+    server = RunnerServer(model, args.parallel, mixed_prefill=args.mixed_prefill, info=info,
                           embedder=embedder)
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.add_routes(server.routes())

@@ -1,36 +1,16 @@
 """Continuous batching over llama.cpp: N slots, one `llama_decode` per step, its own thread.
 
-Each step carries one token for every generating sequence, and prompt chunks of newcomers. New
-requests join between steps and finished ones leave at once. Results of a step reach the server in
-one call (`on_events`), so the HTTP side wakes once per step, not once per token.
+Each step carries one token for every generating sequence (with its drafts when it speculates) and
+prompt chunks of newcomers; what goes into a step is planner.py's choice, made from the slots' state.
+This module gathers that state, fills the llama_batch from the plan, decodes and samples. New requests
+join between steps and finished ones leave at once. A step's results reach the server in one call
+(`on_events`), so the HTTP side wakes once per step, not once per token.
 
-Determinism (CPU): llama.cpp picks kernels by batch size, so a prompt prefilled together with other
-sequences' tokens can change results. With `mixed_prefill=False` every prefill chunk runs in a step of
-its own, one sequence at a time, while decode steps batch single tokens across sequences (which
-measured bit-identical to decoding alone). On a GPU, where throughput needs mixed steps, we mix.
-
-Sampling on the backend (`backend_sampling`, LM_GPU_SAMPLING=1): each slot's sampler chain is attached
-to the llama.cpp context, so the decode graph itself samples and only token ids come back to the host,
-instead of every sequence's logits over the whole vocabulary being copied out and scanned on the CPU.
-A chain with a grammar stays on the CPU. Attaching or detaching a chain makes llama.cpp re-plan its
-compute graph (~100 ms for an 8B model on an H100), and every attached chain adds its own nodes to
-every step's graph: measured on an H100 it lost to the host-side chains at every load, so it is off
-unless asked for (docs/performance.md). On the host, a slot keeps its chain for the next request with
-the same sampling options (reset in between, which samples exactly as a new chain would).
-
-Candidates from the backend (`backend_top_k`, LM_GPU_TOPK=K; an experiment, off by default): each slot
-keeps a chain of just top_k(K) attached, across requests, so llama.cpp re-plans its graph once per slot,
-not per request. The decode graph then hands back each sequence's K best logits instead of the whole
-vocabulary, and llama_sampler_sample runs the slot's CPU chain (top_k first, as always) on those K: the
-same tokens as from the full vocabulary, for K candidates' work. A request that needs the whole
-vocabulary (a grammar, top_k off or above K) detaches its slot's chain while it runs.
-
-Pipelining (several contexts, the GPU's choice for many slots): a llama_decode returns while the GPU
-still computes, so with the slots split over two llama.cpp contexts (each with its own KV cache and
-GPU stream) the engine samples one group's step on the CPU while the GPU computes the other's. Host
-work per step (building the batch, llama.cpp's own graph preparation, sampling) then hides behind the
-GPU instead of adding to it. A group's slots change (admissions, cancellations) only while no step of
-that group is in flight.
+With several contexts (pipelining, the GPU's choice for many slots) the slots are split into groups,
+one per context: llama_decode returns while the GPU still computes, so the engine samples one group's
+step on the CPU while the GPU computes the other's, and the host's work per step hides behind the GPU.
+A group's slots change (admissions, cancellations) only while no step of that group is in flight.
+Measurements behind these choices: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -41,7 +21,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import llama_cpp as ll
@@ -50,7 +30,8 @@ from runner.engine import speculative
 from runner.engine.batch_buffer import BatchBuffer
 from runner.engine.logprobs import token_logprob
 from runner.engine.model import LoadedModel
-from runner.engine.prompt_blocks import best_block
+from runner.engine.planner import (DecodeEntry, FillerEntry, PrefillEntry, SlotState, StepPlan, StepState,
+                                   plan_step, slots_to_draft)
 from runner.engine.sampling import SamplerChain, SamplingOptions
 from runner.engine.step_profile import from_env as step_profile_from_env
 from runner.engine.text import TextStream
@@ -113,9 +94,6 @@ class _Slot:
         self.last_token: int = -1
         self.chain: SamplerChain | None = None  # kept after a request, for the next with equal options
         self.chain_key: tuple | None = None
-        self.on_backend = False  # the chain is attached to the context: the decode samples for this slot
-        self.top_k_chain = None  # with backend_top_k: the top_k-only chain, attached while top_k_attached
-        self.top_k_attached = False
         self.stream: TextStream | None = None
         self.generated = 0
         self.drafter: speculative.DraftSource | None = None  # the request's draft source, if it speculates
@@ -159,8 +137,6 @@ class Engine:
         on_events: Callable[[list[Event]], None],
         *,
         mixed_prefill: bool = False,
-        backend_sampling: bool = False,
-        backend_top_k: int = 0,
         on_fatal: Callable[[str], None] | None = None,
         spec_max_sequences: int | None = None,
     ):
@@ -174,8 +150,6 @@ class Engine:
         self.on_events = on_events
         self.on_fatal = on_fatal
         self.mixed_prefill = mixed_prefill
-        self.backend_sampling = backend_sampling
-        self.backend_top_k = 0 if backend_sampling else max(backend_top_k, 0)
         # Speculation only while a group decodes at most this many sequences (speculative.py).
         self.spec_max_sequences = (speculative.max_sequences_from_env() if spec_max_sequences is None
                                    else spec_max_sequences)
@@ -223,10 +197,6 @@ class Engine:
         if not self.thread.is_alive():  # else the engine thread may still be using the chains
             for slot in self.slots:
                 self._drop_chain(slot)
-                self._attach_top_k(slot, False)
-                if slot.top_k_chain is not None:
-                    ll.llama_sampler_free(slot.top_k_chain)
-                    slot.top_k_chain = None
 
     @property
     def active(self) -> int:
@@ -353,27 +323,8 @@ class Engine:
         self._drop_chain(slot)
         slot.chain = SamplerChain(opts, self.model.vocab, self.model.n_vocab)
         slot.chain_key = key
-        if self.backend_sampling and not opts.needs_host_logits:
-            slot.on_backend = bool(ll.llama_set_sampler(slot.group.ctx, slot.seq_id, slot.chain.ptr))
-        if self.backend_top_k:
-            self._attach_top_k(slot, not opts.needs_host_logits and 0 < opts.top_k <= self.backend_top_k)
-
-    def _attach_top_k(self, slot: _Slot, attach: bool) -> None:
-        """Attaches or detaches the slot's top_k-only backend chain (each change re-plans the graph)."""
-        if attach == slot.top_k_attached:
-            return
-        if attach and slot.top_k_chain is None:
-            params = ll.llama_sampler_chain_default_params()
-            params.no_perf = True
-            slot.top_k_chain = ll.llama_sampler_chain_init(params)
-            ll.llama_sampler_chain_add(slot.top_k_chain, ll.llama_sampler_init_top_k(self.backend_top_k))
-        chain = slot.top_k_chain if attach else None
-        slot.top_k_attached = bool(ll.llama_set_sampler(slot.group.ctx, slot.seq_id, chain)) and attach
 
     def _drop_chain(self, slot: _Slot) -> None:
-        if slot.on_backend:
-            ll.llama_set_sampler(slot.group.ctx, slot.seq_id, None)  # detached before it is freed
-            slot.on_backend = False
         if slot.chain is not None:
             slot.chain.free()
         slot.chain = slot.chain_key = None
@@ -382,10 +333,6 @@ class Engine:
         slot.req = slot.stream = slot.drafter = None
         slot.pending = []
         slot.draft = []
-        if slot.on_backend:
-            # llama.cpp samples with every attached chain at every step, for idle sequences too (on a
-            # dummy row, to keep its graph static): an idle slot's chain would cost GPU time each step.
-            self._drop_chain(slot)
 
     def _drop_cancelled(self, group: _Group, events: list[Event]) -> None:
         for slot in group.slots:
@@ -393,135 +340,70 @@ class Engine:
                 events.append(Event(slot.req, done=True, done_reason="cancelled"))
                 self._release(slot)
 
-    def _plan(self, group: _Group) -> list[tuple[_Slot, int, bool]]:
-        """Chooses the group's next step: (slot, number of tokens, is_prefill) triples."""
-        decoding = [s for s in group.slots if s.busy and not s.pending]
-        prefilling = sorted((s for s in group.slots if s.busy and s.pending), key=lambda s: s.req.id)
-        if not self.mixed_prefill:
-            # Alternate between one sequence's prefill chunk and a decode step for everyone else.
-            if prefilling and (not decoding or not group.last_step_was_prefill):
-                group.last_step_was_prefill = True
-                s = prefilling[0]
-                return [(s, min(len(s.pending), group.buffer.capacity), True)]
-            group.last_step_was_prefill = False
-            return self._decodes(group, decoding)
-        plan = self._decodes(group, decoding)
-        if not prefilling:
-            return plan
-        capacity = group.buffer.capacity
-        if decoding:
-            # Every prefilling sequence puts one prompt token into the decodes' micro-batch, so that no
-            # busy slot leaves a gap in it (idle ones get fillers); the blocks below add a pass each.
-            base = 1
-            busy = [s.seq_id for s in group.slots if s.busy]
-            drafts = sum(len(s.draft) for s in decoding)
-            budget = capacity - len(busy) - len(self._gap_fillers(group, busy)) - drafts
-        else:
-            base, budget = 0, capacity
-        chunks = self._prompt_blocks(group, prefilling, base, budget, more_blocks=bool(decoding))
-        for s in prefilling:
-            n = base + chunks.get(s.seq_id, 0)
-            if n:
-                plan.append((s, n, True))
-        return plan
+    def _slot_state(self, slot: _Slot) -> SlotState:
+        if not slot.busy:
+            return SlotState.idle(slot.seq_id)
+        if slot.pending:
+            return SlotState.prefilling(slot.seq_id, len(slot.pending), slot.req.id)
+        return SlotState.generating(slot.seq_id, drafts=len(slot.draft), can_draft=slot.drafter is not None)
 
-    def _decodes(self, group: _Group, decoding: list[_Slot]) -> list[tuple[_Slot, int, bool]]:
-        """The decode entries of a step: one token per sequence, plus the drafts of those that speculate.
-
-        Under load (more than spec_max_sequences decoding) no sequence speculates: the step costs what it
-        would without speculation. A chain that samples on the backend gets no drafts either (its
-        sampler sees one row per sequence)."""
-        if len(decoding) > self.spec_max_sequences or not any(s.drafter for s in decoding):
-            return [(s, 1, False) for s in decoding]  # only slots with a drafter ever hold drafts
-        for s in decoding:
-            s.draft = []
-            if s.drafter is not None and not s.on_backend and not s.top_k_attached:
+    def _plan(self, group: _Group) -> StepPlan:
+        """The group's next step (planner.py), its speculating slots' drafts proposed on the way."""
+        state = StepState(tuple(self._slot_state(s) for s in group.slots), group.buffer.capacity,
+                          mixed_prefill=self.mixed_prefill, last_step_was_prefill=group.last_step_was_prefill,
+                          spec_max_sequences=self.spec_max_sequences)
+        drafting = slots_to_draft(state)
+        if drafting:
+            for seq_id in drafting:
+                s = group.slots[seq_id]
                 k = speculative.draft_limit(
                     s.req.options.draft_num_predict, cached=len(s.cached), n_ctx=self.n_ctx,
                     generated=s.generated, num_predict=s.req.options.num_predict,
                     capacity=group.buffer.capacity, slots=len(group.slots))
-                if k:
-                    s.draft = s.drafter.propose(s.req.context, k)
-        return [(s, 1 + len(s.draft), False) for s in decoding]
-
-    def _prompt_blocks(self, group: _Group, prefilling: list[_Slot], base: int, budget: int,
-                       more_blocks: bool) -> dict[int, int]:
-        """Prompt tokens per sequence id beyond `base`, in blocks of consecutive sequences with equal
-        chunks (prompt_blocks.py: one micro-batch each), the oldest request's block first. Later
-        blocks only when worth their pass, and only beside decodes: without a decode micro-batch
-        spanning them, the fillers between blocks would make a micro-batch of their own."""
-        avail = {s.seq_id: len(s.pending) - base for s in prefilling if len(s.pending) > base}
-        chunks: dict[int, int] = {}
-        for oldest in prefilling:  # sorted by request id
-            if budget <= 0:
-                break
-            if oldest.seq_id not in avail:
-                continue
-            first = last = oldest.seq_id
-            while first - 1 in avail:
-                first -= 1
-            while last + 1 in avail:
-                last += 1
-            run = range(first, last + 1)
-            a, b, chunk = best_block([avail[i] for i in run], oldest.seq_id - first, budget)
-            if chunks and (b - a + 1) * chunk < group.buffer.capacity // 4:
-                break
-            for seq_id in run[a:b + 1]:
-                chunks[seq_id] = chunk
-                del avail[seq_id]
-            budget -= (b - a + 1) * chunk
-            if not more_blocks:
-                break
-        return chunks
-
-    def _gap_fillers(self, group: _Group, seq_ids: list[int]) -> list[_Slot]:
-        """Idle slots whose sequence ids lie between those of a step's sequences.
-
-        With a KV stream per sequence, llama.cpp splits a batch into micro-batches of consecutive
-        sequence ids, each one more pass over the weights (and a wait for the host): sequences 0, 1, 3
-        decode in two passes. So each idle slot in such a gap decodes a token of its own in the step
-        (its KV stays correct: the token is recorded in the slot's cache like any other), which costs
-        far less than the extra pass (CPU, 3 of 4 slots busy: 10% faster steps)."""
-        if len(seq_ids) < 2:
-            return []
-        return [s for s in group.slots[min(seq_ids):max(seq_ids) + 1] if not s.busy]
+                s.draft = s.drafter.propose(s.req.context, k) if k else []
+            state = replace(state, slots=tuple(self._slot_state(s) for s in group.slots))
+        plan = plan_step(state)
+        group.last_step_was_prefill = plan.last_step_was_prefill
+        return plan
 
     def _launch(self, group: _Group) -> None:
-        """Starts one llama_decode over the group's planned work; its outputs become group.inflight.
+        """Starts one llama_decode over the group's planned step; its outputs become group.inflight.
 
         llama_decode returns once the work is queued on an asynchronous backend (a GPU), before the
         results exist: they are read in _complete."""
         plan = self._plan(group)
-        if not plan:
+        if not plan.entries:
             return
         prof = self._profile
-        for slot, _, is_prefill in plan:
-            if not is_prefill and self.can_shift and len(slot.cached) + 1 >= self.n_ctx:
+        slots = group.slots
+        for entry in plan.entries:
+            slot = slots[entry.seq_id]
+            if type(entry) is DecodeEntry and self.can_shift and len(slot.cached) + 1 >= self.n_ctx:
                 self._shift_context(slot)
         buf = group.buffer
         buf.clear()
-        fillers = [(s, 1, None) for s in self._gap_fillers(group, [s.seq_id for s, _, _ in plan])]
         outputs: list[tuple[_Slot, int]] = []
         drafted = False
-        # In sequence id order: llama.cpp looks for runs of consecutive ids in batch order.
-        for slot, n, is_prefill in sorted(plan + fillers, key=lambda entry: entry[0].seq_id):
+        for entry in plan.entries:  # in sequence id order
+            slot = slots[entry.seq_id]
             start = len(slot.cached)
-            if is_prefill is None:  # a gap filler
+            kind = type(entry)
+            if kind is FillerEntry:
                 if start + 1 >= self.n_ctx:  # long idle: start its stream afresh
                     ll.llama_memory_seq_rm(group.memory, slot.seq_id, -1, -1)
                     slot.cached, slot.prefilled, start = [], 0, 0
                 buf.add((_FILLER_TOKEN,), start, slot.seq_id, False)
                 slot.cached.append(_FILLER_TOKEN)
-            elif is_prefill:
+            elif kind is PrefillEntry:
+                n = entry.n_tokens
                 chunk = slot.pending[:n]
-                last = n == len(slot.pending)
-                idx = buf.add(chunk, start, slot.seq_id, last)
+                idx = buf.add(chunk, start, slot.seq_id, entry.last)
                 slot.pending = slot.pending[n:]
                 slot.cached.extend(chunk)
                 slot.prefilled = len(slot.cached)
-                if last:
+                if entry.last:
                     outputs.append((slot, idx))
-            elif slot.draft:  # the last token and the drafts to verify, each with its logits
+            elif entry.drafts:  # the last token and the drafts to verify, each with its logits
                 tokens = [slot.last_token, *slot.draft]
                 idx = buf.add(tokens, start, slot.seq_id, True, all_logits=True)
                 slot.cached.extend(tokens)
@@ -578,13 +460,9 @@ class Engine:
                 return speculative.verify(sample, idx - len(slot.draft), slot.draft)
         else:
             one = lambda slot, idx: slot.chain.sample(ctx, idx)  # noqa: E731
-        if (len(outputs) < 2 * self._min_per_worker or self._pool is None
-                or all(slot.on_backend for slot, _ in outputs)):  # backend-sampled: a read and an accept
+        if len(outputs) < 2 * self._min_per_worker or self._pool is None:
             return [one(slot, idx) for slot, idx in outputs]
-        if self.backend_sampling or self.backend_top_k:
-            ll.llama_get_sampled_token_ith(ctx, outputs[0][1])  # the same sync, whatever the first output
-        else:
-            ll.llama_get_logits_ith(ctx, outputs[0][1])
+        ll.llama_get_logits_ith(ctx, outputs[0][1])
         n = min(self._workers, len(outputs) // self._min_per_worker)
         groups = [outputs[i::n] for i in range(n)]
         results = list(self._pool.map(lambda g: [one(slot, idx) for slot, idx in g], groups))

@@ -139,7 +139,7 @@ class LoadedModel:
         # KV out exactly as if it ran alone (softmax sums see the same layout, so outputs do not depend on
         # other requests), and with many slots it is faster: each token attends over its own sequence's
         # cells, and llama.cpp builds the attention mask per stream (H100, 8B, 64 slots: 4,000 vs 3,100
-        # tok/s in steady decode). The engine's batches are laid out for it (batch.py, _gap_fillers).
+        # tok/s in steady decode). The engine's batches are laid out for it (planner.py, FillerEntry).
         cparams.kv_unified = False
         # One output (the last token's) per sequence per step is all the engine asks for; saying so lets
         # llama.cpp's backend samplers with per-sequence history (repetition penalties) run on the GPU.

@@ -51,17 +51,9 @@ class SamplingOptions:
 
     def chain_key(self) -> tuple:
         """What the sampler chain is built from: two requests with equal keys can share one chain,
-        reset between them (a reset chain samples exactly as a new one would). `logprobs` is part of it
-        because it decides where the chain may run: logprobs need the whole logits row on the host, so
-        such a chain never samples on the backend."""
+        reset between them (a reset chain samples exactly as a new one would)."""
         return (self.temperature, self.top_k, self.top_p, self.min_p, self.typical_p, self.repeat_last_n,
-                self.repeat_penalty, self.presence_penalty, self.frequency_penalty, self.seed, self.grammar,
-                self.logprobs)
-
-    @property
-    def needs_host_logits(self) -> bool:
-        """Grammars are CPU-only in llama.cpp, and logprobs read the whole row of logits."""
-        return bool(self.grammar) or self.logprobs
+                self.repeat_penalty, self.presence_penalty, self.frequency_penalty, self.seed, self.grammar)
 
 
 class SamplerChain:

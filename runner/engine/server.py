@@ -60,7 +60,6 @@ def _content_line(text: str) -> bytes:
 
 class RunnerServer:
     def __init__(self, model: LoadedModel, n_slots: int, *, mixed_prefill: bool, info: dict,
-                 backend_sampling: bool = False, backend_top_k: int = 0,
                  embedder: EmbedEngine | None = None):
         self.model = model
         self.info = info
@@ -73,7 +72,6 @@ class RunnerServer:
         self._embed_error: str | None = None
         if embedder is None:
             self.engine = Engine(model, n_slots, self._on_events_threadsafe, mixed_prefill=mixed_prefill,
-                                 backend_sampling=backend_sampling, backend_top_k=backend_top_k,
                                  on_fatal=self._on_fatal_threadsafe)
             self.engine.start()
 
