@@ -110,26 +110,32 @@ class FakeRunners:
 
 @dataclass
 class FakeMemory:
-    """A CPU host with `capacity` bytes of RAM, less what the running fake runners' weights take."""
+    """A CPU host with `capacity` bytes of RAM, less what the running fake runners' weights take; or,
+    with backend "cuda", a host whose one GPU has that capacity (and RAM to spare)."""
     runners: FakeRunners
     weights: dict[Path, int]
     capacity: int | None = 64 * GIB  # None: the RAM is unknown (no /proc/meminfo)
+    kind: str = "cpu"
 
     def backend(self) -> str:
-        return "cpu"
+        return self.kind
 
-    def gpus(self) -> list[GpuInfo]:
-        return []
-
-    def ram(self) -> int | None:
+    def _free(self) -> int | None:
         if self.capacity is None:
             return None
         return self.capacity - sum(self.weights[r.model_path] for r in self.runners.running())
 
+    def gpus(self) -> list[GpuInfo]:
+        return [GpuInfo(0, self._free(), self.capacity, "fake GPU")] if self.kind == "cuda" else []
 
-def scheduler(*models: FakeModel, capacity: int | None = 64 * GIB, **settings) -> tuple[Scheduler, FakeRunners, FakeMemory]:
+    def ram(self) -> int | None:
+        return self._free() if self.kind == "cpu" else 512 * GIB
+
+
+def scheduler(*models: FakeModel, capacity: int | None = 64 * GIB, backend: str = "cpu",
+              **settings) -> tuple[Scheduler, FakeRunners, FakeMemory]:
     runners = FakeRunners()
-    memory = FakeMemory(runners, {m.model_path: m.gguf.tensor_bytes for m in models}, capacity)
+    memory = FakeMemory(runners, {m.model_path: m.gguf.tensor_bytes for m in models}, capacity, backend)
     return Scheduler(dataclasses.replace(SETTINGS, **settings), runner_factory=runners, memory=memory), runners, memory
 
 
@@ -201,6 +207,26 @@ def test_eviction_stops_once_the_new_model_fits():
         await use(sched, b)
         await use(sched, c)  # 2 GiB: freeing a (1.5 GiB free then 2.5) is enough; b stays
         assert set(sched.loaded) == {b.key, c.key} and runners.of(a)[0].stopped
+        await sched.shutdown()
+
+    run(scenario)
+
+
+def test_on_a_gpu_each_eviction_places_the_model_again_with_the_memory_freed():
+    """On CUDA a model fits when all of it is on the GPU. Before any eviction c gets no GPU layers (no
+    room beside a and b); once a is gone, placed again, it goes whole on the GPU, and b stays."""
+    a, b, c = model("a"), model("b"), model("c")
+    sched, runners, memory = scheduler(a, b, c, capacity=int(3.5 * GIB), backend="cuda")  # 1 GiB kept spare
+
+    async def scenario():
+        await use(sched, a)
+        await asyncio.sleep(0.01)
+        await use(sched, b)
+        await use(sched, c)
+        assert set(sched.loaded) == {b.key, c.key} and runners.of(a)[0].stopped
+        (rc,) = runners.of(c)
+        assert rc.args[rc.args.index("--gpu-layers") + 1] == "3"  # two layers and the output layer
+        assert sched.loaded[c.key].placement.gpus == ((0, sched.loaded[c.key].placement.size),)
         await sched.shutdown()
 
     run(scenario)
