@@ -13,6 +13,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Protocol
 
 GIB = 1024**3
 SAFETY_MARGIN = 1 * GIB  # per GPU used: CUDA context, compute buffers, fragmentation
@@ -125,6 +126,31 @@ def available_ram() -> int | None:
     except OSError:
         pass
     return None
+
+
+class MemoryProbe(Protocol):
+    """What placement and the scheduler ask of the machine: the offload backend, the GPUs' free memory,
+    the free RAM. The scheduler takes one (tests/test_scheduler_logic.py gives fixed numbers)."""
+
+    def backend(self) -> str: ...  # as gpu_backend
+    def gpus(self) -> list[GpuInfo]: ...  # as gpu_devices
+    def ram(self) -> int | None: ...  # as available_ram
+
+
+class SystemProbe:
+    """This machine, asked now (nvidia-smi, /proc/meminfo, the installed llama.cpp)."""
+
+    def backend(self) -> str:
+        return gpu_backend()
+
+    def gpus(self) -> list[GpuInfo]:
+        return gpu_devices()
+
+    def ram(self) -> int | None:
+        return available_ram()
+
+
+SYSTEM = SystemProbe()
 
 
 # -- the model's shape and its KV cache ---------------------------------------------------------
@@ -335,12 +361,13 @@ def plan_with_remote(shape: ModelShape, local: list[GpuInfo], remote: list, **kw
 
 
 def place(shape: ModelShape, *, num_ctx: int, kv_type: str, num_gpu: int | None, parallel: int | None,
-          main_gpu: int | None = None, spread: bool = False, remote: list | None = None) -> Placement:
-    """The placement on this machine now (and on the RPC workers' devices in `remote`)."""
+          main_gpu: int | None = None, spread: bool = False, remote: list | None = None,
+          probe: MemoryProbe = SYSTEM) -> Placement:
+    """The placement on the machine `probe` describes, now (and on the RPC workers' devices in `remote`)."""
     per_token = kv_bytes_per_token(shape, kv_type)
-    backend = gpu_backend()
+    backend = probe.backend()
     if remote:
-        local = gpu_devices() if backend == "cuda" else []
+        local = probe.gpus() if backend == "cuda" else []
         return plan_with_remote(shape, local, remote, num_ctx=num_ctx, kv_type=kv_type, parallel=parallel,
                                 num_gpu=num_gpu, main_gpu=main_gpu, spread=spread)
     if backend == "cpu":
@@ -348,7 +375,7 @@ def place(shape: ModelShape, *, num_ctx: int, kv_type: str, num_gpu: int | None,
     if backend == "metal":  # one unified-memory device: llama.cpp offloads what it is told
         layers = shape.n_layers + 1 if num_gpu is None or num_gpu < 0 else num_gpu
         return _cpu_placement(shape, per_token, num_ctx, parallel or CPU_SLOTS, kv_type, layers)
-    return plan_gpus(shape, gpu_devices(), num_ctx=num_ctx, kv_type=kv_type, parallel=parallel, num_gpu=num_gpu,
+    return plan_gpus(shape, probe.gpus(), num_ctx=num_ctx, kv_type=kv_type, parallel=parallel, num_gpu=num_gpu,
                      main_gpu=main_gpu, spread=spread)
 
 

@@ -237,6 +237,16 @@ class RunnerClient:
         except (aiohttp.ClientError, json.JSONDecodeError, ConnectionError, KeyError, TypeError, AttributeError) as exc:
             raise RunnerError(CRASH_MESSAGE) from exc
 
+    async def wait_exited(self, timeout: float) -> None:
+        """Waits up to `timeout` seconds for the process to end: after a broken stream its exit status
+        reaches asyncio a moment later."""
+        if not self.alive:
+            return
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout=timeout)
+        except asyncio.TimeoutError:
+            pass
+
     async def stop(self) -> None:
         if self.proc and self.proc.returncode is None:
             self.proc.terminate()

@@ -6,9 +6,11 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
 from runner.settings import Settings
-from runner.daemon.placement import ModelShape, Placement, available_ram, gpu_backend, gpu_devices, place
+from runner.daemon.placement import SYSTEM, MemoryProbe, ModelShape, Placement, place
 from runner.model.config import ModelConfig
 from runner.daemon.replicas import pick_replica, plan_replicas
 from runner.ggml.rpc_client import WorkerError, parse_workers, probe_all
@@ -22,10 +24,33 @@ class ServerBusy(Exception):
     """More requests are waiting than LM_MAX_QUEUE allows (HTTP 503)."""
 
 
+class Runner(Protocol):
+    """What the scheduler does with a runner process: start it (returning once it serves), ask whether it
+    still runs, wait for its exit, stop it. RunnerClient is the real one; the routes use the rest of it
+    (completion_batches, embed, ...) through Lease.proc, so a fake for the scheduler's tests needs only
+    these."""
+
+    @property
+    def alive(self) -> bool: ...
+
+    async def start(self, timeout: float) -> dict: ...
+
+    async def wait_exited(self, timeout: float) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class RunnerFactory(Protocol):
+    """A runner, not started yet, for the model file and the runner's arguments (RunnerClient's own
+    constructor is the real factory)."""
+
+    def __call__(self, model_path: Path, args: list[str], *, debug: bool = False) -> Runner: ...
+
+
 @dataclass
 class Replica:
     """One runner process holding a copy of the model (one per GPU with LM_REPLICAS; usually the only one)."""
-    proc: RunnerClient
+    proc: Runner
     placement: Placement
     active: int = 0
 
@@ -55,7 +80,7 @@ class LoadedModel:
         return self.replicas[0].placement
 
     @property
-    def proc(self) -> RunnerClient:
+    def proc(self) -> Runner:
         return self.replicas[0].proc
 
     @property
@@ -79,7 +104,7 @@ class Lease:
     replica: Replica
 
     @property
-    def proc(self) -> RunnerClient:
+    def proc(self) -> Runner:
         return self.replica.proc
 
     @property
@@ -108,8 +133,13 @@ class Lease:
 
 
 class Scheduler:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, runner_factory: RunnerFactory = RunnerClient,
+                 memory: MemoryProbe = SYSTEM):
+        """`runner_factory` makes the runner processes and `memory` tells what the machine has free: the
+        real ones unless a test gives fakes (tests/test_scheduler_logic.py)."""
         self.settings = settings
+        self.runner_factory = runner_factory
+        self.memory = memory
         self.loaded: dict[str, LoadedModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._inflight: dict[str, int] = {}
@@ -203,9 +233,9 @@ class Scheduler:
         plan = dict(num_ctx=num_ctx, kv_type=kv_type, num_gpu=num_gpu, parallel=self.settings.num_parallel or None,
                     main_gpu=main_gpu, spread=self.settings.sched_spread)
         remote = await self._remote_devices()
-        if self.settings.replicas != 1 and not remote and gpu_backend() == "cuda":
-            return plan_replicas(shape, gpu_devices(), self.settings.replicas, **plan)
-        return [place(shape, remote=remote, **plan)]
+        if self.settings.replicas != 1 and not remote and self.memory.backend() == "cuda":
+            return plan_replicas(shape, self.memory.gpus(), self.settings.replicas, **plan)
+        return [place(shape, remote=remote, probe=self.memory, **plan)]
 
     @staticmethod
     def _placement_args(placement: Placement, kv_type: str, flash: str) -> list[str]:
@@ -216,11 +246,10 @@ class Scheduler:
             args += ["--tensor-split", ",".join(f"{x:g}" for x in placement.tensor_split)]
         return args
 
-    @staticmethod
-    def _fits(placement: Placement) -> bool:
-        if gpu_backend() == "cuda":
+    def _fits(self, placement: Placement) -> bool:
+        if self.memory.backend() == "cuda":
             return placement.gpu_layers > placement.n_layers  # every layer and the output on the GPU
-        available = available_ram()
+        available = self.memory.ram()
         return available is None or placement.size <= available
 
     async def _make_room(self) -> None:
@@ -254,7 +283,7 @@ class Scheduler:
         self.loaded[config.key] = lm
         return lm
 
-    def _runner(self, config: ModelConfig, options: dict, placement: Placement, num_ctx: int) -> RunnerClient:
+    def _runner(self, config: ModelConfig, options: dict, placement: Placement, num_ctx: int) -> Runner:
         """The runner process (not started yet) for one copy of the model at `placement`."""
         kv_type, flash = self.settings.engine_kv
         args = ["--ctx", str(num_ctx), "--parallel", str(placement.parallel),
@@ -291,7 +320,7 @@ class Scheduler:
         log.info("loading %s (ctx %d, %d slots, %d GPU layers%s; KV cache %s, %.1f MiB per slot, flash attention %s)",
                  config.display, num_ctx, placement.parallel, placement.gpu_layers, f": {gpus}" if gpus else "",
                  kv_type, placement.kv_bytes_per_slot / 2**20, flash)
-        return RunnerClient(config.model_path, args, debug=self.settings.debug)
+        return self.runner_factory(config.model_path, args, debug=self.settings.debug)
 
     @staticmethod
     def _use_mmap(config: ModelConfig, options: dict) -> bool:
@@ -353,10 +382,7 @@ class Scheduler:
         Other replicas of the model finish their requests first, then stop with it."""
         lm, proc = lease.model, lease.proc
         if failed and proc.alive:
-            try:
-                await asyncio.wait_for(proc.proc.wait(), timeout=2)
-            except asyncio.TimeoutError:
-                pass
+            await proc.wait_exited(timeout=2)
         if not proc.alive and self.loaded.get(lm.key) is lm:
             del self.loaded[lm.key]
             self._cancel_expiry(lm)
