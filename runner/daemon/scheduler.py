@@ -13,6 +13,7 @@ from runner.model.config import ModelConfig
 from runner.daemon.replicas import pick_replica, plan_replicas
 from runner.daemon.rpc_workers import WorkerError, parse_workers, probe_all
 from runner.daemon.runner_client import RunnerError, RunnerClient
+from runner.engine.protocol import LaunchConfig
 
 log = logging.getLogger("lm.scheduler")
 FOREVER = float("inf")
@@ -208,13 +209,11 @@ class Scheduler:
         return [place(shape, remote=remote, **plan)]
 
     @staticmethod
-    def _placement_args(placement: Placement, kv_type: str, flash: str) -> list[str]:
-        """The runner's arguments for where the model goes and how its KV cache is stored."""
-        args = ["--gpu-layers", str(placement.gpu_layers), "--kv-type", kv_type, "--flash-attn", flash,
-                "--split-mode", placement.split_mode, "--main-gpu", str(placement.main_gpu)]
-        if placement.tensor_split:
-            args += ["--tensor-split", ",".join(f"{x:g}" for x in placement.tensor_split)]
-        return args
+    def _placement_launch(placement: Placement, kv_type: str, flash: str) -> dict:
+        """The runner's settings for where the model goes and how its KV cache is stored."""
+        return dict(gpu_layers=placement.gpu_layers, kv_type=kv_type, flash_attn=flash,
+                    split_mode=placement.split_mode, main_gpu=placement.main_gpu,
+                    tensor_split=tuple(placement.tensor_split))
 
     @staticmethod
     def _fits(placement: Placement) -> bool:
@@ -257,39 +256,36 @@ class Scheduler:
     def _runner(self, config: ModelConfig, options: dict, placement: Placement, num_ctx: int) -> RunnerClient:
         """The runner process (not started yet) for one copy of the model at `placement`."""
         kv_type, flash = self.settings.engine_kv
-        args = ["--ctx", str(num_ctx), "--parallel", str(placement.parallel),
-                *self._placement_args(placement, kv_type, flash)]
+        launch = dict(model=str(config.model_path), num_ctx=num_ctx, parallel=placement.parallel,
+                      **self._placement_launch(placement, kv_type, flash))
         threads = options.get("num_thread") or config.parameters.get("num_thread")
         if threads:
-            args += ["--threads", str(int(threads))]
+            launch["num_thread"] = int(threads)
         batch = options.get("num_batch") or config.parameters.get("num_batch")
         if batch:  # tokens per llama_decode (and micro-batch): bigger prefills faster, at more memory
-            args += ["--batch", str(int(batch))]
+            launch["num_batch"] = int(batch)
         if placement.gpu_layers > 0:
-            args.append("--mixed-prefill")  # GPU: throughput over bit-exact batch invariance
+            launch["mixed_prefill"] = True  # GPU: throughput over bit-exact batch invariance
             # the output layer is on a GPU of this host (not a worker's, across the network): sample there too
             if placement.gpu_layers > placement.n_layers and not placement.remote:
                 if self.settings.gpu_sampling:
-                    args.append("--backend-sampling")
+                    launch["backend_sampling"] = True
                 elif self.settings.gpu_top_k > 0:
-                    args += ["--backend-top-k", str(self.settings.gpu_top_k)]
+                    launch["backend_top_k"] = self.settings.gpu_top_k
         invariant = self.settings.batch_invariant
         if invariant or (invariant is None and placement.gpu_layers == 0):
-            args.append("--no-repack")  # the same seed gives the same text alone and under load
+            launch["repack"] = False  # the same seed gives the same text alone and under load
         pipeline = self.settings.pipeline
         if pipeline is None:  # on a GPU; not across workers, whose one connection each step crosses
             pipeline = placement.gpu_layers > 0 and not placement.remote
         if pipeline and placement.parallel >= 4 and placement.parallel % 2 == 0:
-            args += ["--contexts", "2"]  # sample one half of the slots while the GPU runs the other
+            launch["contexts"] = 2  # sample one half of the slots while the GPU runs the other
         if {"embedding", "rerank"} & set(config.capabilities):
-            args.append("--embedding")  # an embedding model or reranker (BERT and kin): no generation context
-        if not self._use_mmap(config, options):
-            args.append("--no-mmap")
-        for adapter in config.adapters:  # LoRA layers, applied in manifest order
-            args += ["--adapter", str(adapter)]
+            launch["embedding_only"] = True  # an embedding model or reranker (BERT and kin): no generation context
+        launch["use_mmap"] = self._use_mmap(config, options)
+        launch["adapters"] = tuple(str(a) for a in config.adapters)  # LoRA layers, applied in manifest order
         if placement.remote:  # the workers' devices follow this host's GPUs, as the plan numbered them
-            for endpoint in self.settings.rpc_workers:
-                args += ["--rpc", endpoint]
+            launch["rpc_workers"] = tuple(self.settings.rpc_workers)
         layers = placement.layers_by_device()
         gpus = ", ".join(f"{device_label(placement, i)} {b / 2**30:.1f} GiB"
                          + (f" ({layers[i]} layers)" if placement.devices and i in layers else "")
@@ -297,7 +293,7 @@ class Scheduler:
         log.info("loading %s (ctx %d, %d slots, %d GPU layers%s; KV cache %s, %.1f MiB per slot, flash attention %s)",
                  config.display, num_ctx, placement.parallel, placement.gpu_layers, f": {gpus}" if gpus else "",
                  kv_type, placement.kv_bytes_per_slot / 2**20, flash)
-        return RunnerClient(config.model_path, args, debug=self.settings.debug)
+        return RunnerClient(LaunchConfig(**launch), debug=self.settings.debug)
 
     @staticmethod
     def _use_mmap(config: ModelConfig, options: dict) -> bool:
