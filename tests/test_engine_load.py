@@ -134,7 +134,7 @@ def test_num_batch_sizes_the_runners_steps(busy, tiny_gguf):
     status, answer = busy.post("/api/generate", body)
     assert status == 200 and answer["done"] and answer["eval_count"] == 5, answer
     assert answer["prompt_eval_count"] > N  # more than one step's worth of prompt (the batch is >= the slots)
-    assert any(b"--batch\x0016\x00" in _cmdline(p) for p in runner_pids(busy.proc.pid))
+    assert any(b"--num-batch\x0016\x00" in _cmdline(p) for p in runner_pids(busy.proc.pid))
 
 
 def test_load_correctness_script_finds_cpu_outputs_identical(busy):
