@@ -21,10 +21,12 @@ import time
 CHILD = r"""
 import json, sys, time
 import llama_cpp as ll
-from runner.engine.model import ContextConfig, LoadedModel
+from runner.engine.model import LoadedModel
+from runner.engine.protocol import LaunchConfig
 
 path, n_prompt, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-model = LoadedModel(path, ContextConfig(n_ctx_per_seq=n_prompt + 2 * steps + 8, n_seq=4, n_batch=n_prompt, repack=False))
+model = LoadedModel(LaunchConfig(model=path, socket='', num_ctx=n_prompt + 2 * steps + 8, parallel=4,
+                                 num_batch=n_prompt, repack=False))
 
 def decode(items):
     batch = ll.llama_batch_init(len(items), 0, 4)

@@ -68,10 +68,11 @@ def options(seed: int, tokens: int) -> dict:
 def engine_rate(gguf: Path, slots: int, tokens: int, requests: int, prompt_words: int) -> dict:
     """Closed loop as the bench clients do it: each of `slots` clients resubmits when its request ends."""
     from runner.engine.batch import Engine, Request
-    from runner.engine.model import ContextConfig, LoadedModel
+    from runner.engine.model import LoadedModel
+    from runner.engine.protocol import LaunchConfig
     from runner.engine.sampling import SamplingOptions
 
-    model = LoadedModel(str(gguf), ContextConfig(n_ctx_per_seq=CTX, n_seq=slots, n_batch=512, n_threads=THREADS))
+    model = LoadedModel(LaunchConfig(model=str(gguf), num_ctx=CTX, parallel=slots, num_batch=512, num_thread=THREADS))
     from runner.cli.bench_load import make_prompt
     done = threading.Event()
     left = {"requests": slots * requests, "tokens": 0}
@@ -112,9 +113,11 @@ async def runner_rate(gguf: Path, slots: int, tokens: int, requests: int, prompt
     from runner.cli.bench_load import make_prompt
 
     sock = os.path.join(tempfile.mkdtemp(prefix="lm-proxy-"), "runner.sock")
-    where = ["--gpu-layers", "999", "--mixed-prefill", "--threads", str(RUNNER_THREADS)] if GPU else ["--threads", str(THREADS)]
-    proc = subprocess.Popen([sys.executable, "-m", "runner.engine", "--model", str(gguf), "--socket", sock,
-                             "--ctx", str(CTX), "--parallel", str(slots), *where], cwd=REPO,
+    from runner.engine.protocol import CompletionRequest, LaunchConfig, SamplingOptions
+
+    where = dict(gpu_layers=999, mixed_prefill=True, num_thread=RUNNER_THREADS) if GPU else dict(num_thread=THREADS)
+    launch = LaunchConfig(model=str(gguf), socket=sock, num_ctx=CTX, parallel=slots, **where)
+    proc = subprocess.Popen([sys.executable, "-m", "runner.engine", *launch.to_argv()], cwd=REPO,
                             # LM_ENGINE_PROFILE's lines (runner/engine/step_profile.py) are on the runner's stderr
                             stderr=None if os.environ.get("LM_ENGINE_PROFILE") else subprocess.DEVNULL)
     try:
@@ -134,8 +137,8 @@ async def runner_rate(gguf: Path, slots: int, tokens: int, requests: int, prompt
                 nonlocal total
                 for _ in range(requests):
                     s = next(salt)
-                    body = {"prompt": make_prompt(prompt_words, s), "options": options(s, tokens)}
-                    async with session.post("http://runner/completion", json=body) as resp:
+                    body = CompletionRequest(make_prompt(prompt_words, s), SamplingOptions(**options(s, tokens)))
+                    async with session.post("http://runner/completion", data=body.to_json()) as resp:
                         async for line in resp.content:
                             if b'"done"' in line:
                                 total += json.loads(line)["eval_count"]

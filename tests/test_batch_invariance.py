@@ -60,9 +60,10 @@ def _alone_and_beside_others(path: Path, *, repack: bool) -> tuple[np.ndarray, n
     """Sequence 0's logits for one decode step alone, and for the same step beside three others."""
     import llama_cpp as ll
 
-    from runner.engine.model import ContextConfig, LoadedModel
+    from runner.engine.model import LoadedModel
+    from runner.engine.protocol import LaunchConfig
 
-    model = LoadedModel(str(path), ContextConfig(n_ctx_per_seq=64, n_seq=4, repack=repack))
+    model = LoadedModel(LaunchConfig(model=str(path), num_ctx=64, parallel=4, repack=repack))
     try:
         for seq in range(4):  # each prefilled in a step of its own, as the engine does on the CPU
             _decode(model, [(token, pos, seq) for pos, token in enumerate([1 + seq, 7, 9, 11])])

@@ -120,9 +120,10 @@ def minilm_gguf(minilm, tmp_path_factory) -> Path:
 def llama_embeddings(path: Path, texts: list[str], n_ctx: int = 512) -> tuple[np.ndarray, list[list[int]]]:
     """Raw pooled embeddings from llama.cpp through our embedding engine (all texts in one batch)."""
     from runner.engine.embed import EmbedJob, new_embed_engine
-    from runner.engine.model import ContextConfig, LoadedModel
+    from runner.engine.model import LoadedModel
+    from runner.engine.protocol import LaunchConfig
 
-    model = LoadedModel(str(path), ContextConfig(n_ctx_per_seq=n_ctx, n_threads=2, embedding_only=True))
+    model = LoadedModel(LaunchConfig(model=str(path), num_ctx=n_ctx, num_thread=2, embedding_only=True))
     engine = new_embed_engine(model)
     try:
         tokens = [engine.prepare(model.tokenize(t), True) for t in texts]
@@ -426,9 +427,10 @@ def test_create_quantized_keeps_only_the_quantized_model(daemon, tmp_path, minil
 def test_engine_failure_answers_every_job(minilm_gguf, monkeypatch):
     """A broken llama_encode fails the jobs in flight and those waiting (no client waits forever)."""
     import runner.engine.embed as E
-    from runner.engine.model import ContextConfig, LoadedModel
+    from runner.engine.model import LoadedModel
+    from runner.engine.protocol import LaunchConfig
 
-    model = LoadedModel(str(minilm_gguf), ContextConfig(n_ctx_per_seq=512, n_threads=2, embedding_only=True))
+    model = LoadedModel(LaunchConfig(model=str(minilm_gguf), num_ctx=512, num_thread=2, embedding_only=True))
     engine = E.new_embed_engine(model)
 
     def llama_encode(ctx, batch):

@@ -140,9 +140,10 @@ def test_causal_input_split_over_batches(smollm2_path, monkeypatch):
     import threading
 
     import runner.engine.embed as E
-    from runner.engine.model import ContextConfig, LoadedModel
+    from runner.engine.model import LoadedModel
+    from runner.engine.protocol import LaunchConfig
 
-    model = LoadedModel(str(smollm2_path), ContextConfig(n_ctx_per_seq=512, n_threads=2, embedding_only=True))
+    model = LoadedModel(LaunchConfig(model=str(smollm2_path), num_ctx=512, num_thread=2, embedding_only=True))
     monkeypatch.setattr(E, "_DECODER_BATCH", 16)
     small = E.new_embed_engine(model)
     monkeypatch.setattr(E, "_DECODER_BATCH", 512)

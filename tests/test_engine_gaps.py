@@ -12,7 +12,8 @@ import time
 import pytest
 
 from runner.engine.batch import Request
-from runner.engine.model import ContextConfig, LoadedModel
+from runner.engine.model import LoadedModel
+from runner.engine.protocol import LaunchConfig
 from tests.engine_harness import EngineRun
 
 PROMPT = "Once upon a time"
@@ -20,7 +21,7 @@ PROMPT = "Once upon a time"
 
 @pytest.fixture(scope="module")
 def model(smollm2_path):
-    m = LoadedModel(str(smollm2_path), ContextConfig(n_ctx_per_seq=256, n_seq=4, n_threads=2))
+    m = LoadedModel(LaunchConfig(model=str(smollm2_path), num_ctx=256, parallel=4, num_thread=2))
     yield m
     m.close()
 

@@ -81,11 +81,12 @@ def test_concurrent_streams_equal_their_solo_runs(busy):
 def test_streams_under_load_neither_mix_nor_drop_pieces(busy, tiny_gguf):
     """Each of 32 concurrent streams carries exactly the text of the tokens generated for it: its pieces
     joined equal the detokenized ids its final chunk reports (context = prompt + generated)."""
-    from runner.engine.model import ContextConfig, LoadedModel
+    from runner.engine.model import LoadedModel
+    from runner.engine.protocol import LaunchConfig
 
     with ThreadPoolExecutor(N) as pool:
         streams = list(pool.map(lambda i: _streamed(busy, i), range(N)))
-    vocab = LoadedModel(str(tiny_gguf), ContextConfig(n_ctx_per_seq=64, n_seq=1))
+    vocab = LoadedModel(LaunchConfig(model=str(tiny_gguf), num_ctx=64, parallel=1))
     try:
         for i, lines in enumerate(streams):
             *pieces, final = lines
@@ -133,7 +134,7 @@ def test_num_batch_sizes_the_runners_steps(busy, tiny_gguf):
     status, answer = busy.post("/api/generate", body)
     assert status == 200 and answer["done"] and answer["eval_count"] == 5, answer
     assert answer["prompt_eval_count"] > N  # more than one step's worth of prompt (the batch is >= the slots)
-    assert any(b"--batch\x0016\x00" in _cmdline(p) for p in runner_pids(busy.proc.pid))
+    assert any(b"--num-batch\x0016\x00" in _cmdline(p) for p in runner_pids(busy.proc.pid))
 
 
 def test_load_correctness_script_finds_cpu_outputs_identical(busy):

@@ -10,7 +10,8 @@ import threading
 import pytest
 
 from runner.engine.batch import Engine, Request
-from runner.engine.model import ContextConfig, LoadedModel
+from runner.engine.model import LoadedModel
+from runner.engine.protocol import LaunchConfig
 from runner.engine.sampling import SamplingOptions
 
 GREEDY = {"temperature": 0}
@@ -20,7 +21,7 @@ SEEDED = [{"seed": 1, "temperature": 1.0}, {"seed": 2, "temperature": 1.0},
 
 @pytest.fixture(scope="module")
 def model(smollm2_path):
-    m = LoadedModel(str(smollm2_path), ContextConfig(n_ctx_per_seq=256, n_seq=4, n_threads=2))
+    m = LoadedModel(LaunchConfig(model=str(smollm2_path), num_ctx=256, parallel=4, num_thread=2))
     yield m
     m.close()
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from runner.ggml.rpc_client import WorkerError, parse_endpoint, probe
+from runner.engine.protocol import CompletionRequest, FinalRecord, SamplingOptions
 from tests.conftest import REPO, Daemon, create_bundled, free_port
 from tests.test_faults import runner_pids
 
@@ -340,8 +341,8 @@ def test_the_scheduler_spreads_requests_over_two_real_replicas(make_daemon, tiny
             assert len({lease.proc.pid for lease in leases}) == 2
             for lease in leases[:2]:  # each copy generates
                 batches = [b async for b in lease.proc.completion_batches(
-                    {"prompt": "hi", "options": {"num_predict": 2}})]
-                assert batches[-1][-1]["done"]
+                    CompletionRequest("hi", SamplingOptions(num_predict=2)))]
+                assert isinstance(batches[-1][-1], FinalRecord)
             for lease in leases:
                 sched.release(lease)
             assert loaded.active == 0 and loaded.idle.is_set()

@@ -28,10 +28,10 @@ def test_use_mmap_reaches_the_runner(make_daemon, tiny_gguf, tmp_path):
     d = make_daemon()
     d.create_from_gguf("mapped", tiny_gguf)
     assert generate(d, "mapped")[0] == 200
-    assert [b"--no-mmap" in c for c in runner_cmdlines(d)] == [False]
+    assert [b"--no-use-mmap" in c for c in runner_cmdlines(d)] == [False]
     # The request's use_mmap false reloads the model with its weights read into memory
     assert generate(d, "mapped", use_mmap=False)[0] == 200
-    assert [b"--no-mmap" in c for c in runner_cmdlines(d)] == [True]
+    assert [b"--no-use-mmap" in c for c in runner_cmdlines(d)] == [True]
     # ... and so does a Modelfile's PARAMETER
     assert d.post("/api/generate", {"model": "mapped", "keep_alive": 0})[0] == 200  # unloaded
     assert runner_cmdlines(d) == []
@@ -39,7 +39,7 @@ def test_use_mmap_reaches_the_runner(make_daemon, tiny_gguf, tmp_path):
     mf.write_text(f"FROM {tiny_gguf}\nPARAMETER use_mmap false\n")
     assert d.cli("create", "unmapped", "-f", str(mf)).returncode == 0
     assert generate(d, "unmapped")[0] == 200
-    assert [b"--no-mmap" in c for c in runner_cmdlines(d)] == [True]
+    assert [b"--no-use-mmap" in c for c in runner_cmdlines(d)] == [True]
 
 
 def create_cli(d, tmp_path, name: str, text: str):

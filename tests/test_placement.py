@@ -118,15 +118,16 @@ def test_runner_hands_tensor_split_to_llama_cpp():
     """The model params the runner builds: split mode, main GPU and a float array of llama_max_devices()."""
     import llama_cpp as ll
 
-    from runner.engine.model import ContextConfig, _model_params
+    from runner.engine.model import _model_params
+    from runner.engine.protocol import LaunchConfig
 
-    mparams, keep = _model_params(ContextConfig(n_gpu_layers=81, split_mode="layer", main_gpu=1,
-                                                tensor_split=(0.6, 0.4)))
+    mparams, keep = _model_params(LaunchConfig(model="unused.gguf", gpu_layers=81, split_mode="layer", main_gpu=1,
+                                               tensor_split=(0.6, 0.4)))
     n = ll.llama_max_devices()
     assert mparams.split_mode == ll.LLAMA_SPLIT_MODE_LAYER and mparams.main_gpu == 1 and mparams.n_gpu_layers == 81
     assert [mparams.tensor_split[i] for i in range(n)] == pytest.approx([0.6, 0.4] + [0.0] * (n - 2))
     assert ctypes.addressof(keep) == ctypes.cast(mparams.tensor_split, ctypes.c_void_p).value
-    single, none = _model_params(ContextConfig(split_mode="none", main_gpu=-1))
+    single, none = _model_params(LaunchConfig(model="unused.gguf", split_mode="none", main_gpu=-1))
     assert none is None and not single.tensor_split and single.split_mode == ll.LLAMA_SPLIT_MODE_NONE
 
 

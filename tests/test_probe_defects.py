@@ -89,10 +89,11 @@ def test_a_long_prompts_kept_tokens_equal_those_of_a_full_tokenizing(tiny_gguf, 
 
     from runner.engine.batch import Engine
     from runner.engine.long_prompt import tokenize_prompt
-    from runner.engine.model import ContextConfig, LoadedModel
+    from runner.engine.model import LoadedModel
+    from runner.engine.protocol import LaunchConfig
 
     n_ctx = 128
-    model = LoadedModel(str(tiny_gguf), ContextConfig(n_ctx_per_seq=n_ctx, n_seq=1))
+    model = LoadedModel(LaunchConfig(model=str(tiny_gguf), num_ctx=n_ctx, parallel=1))
     try:
         assert len(text.encode()) > 3 * n_ctx * model.max_token_bytes()  # the bounded path is taken
         engine = SimpleNamespace(n_ctx=n_ctx)

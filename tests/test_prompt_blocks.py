@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 
 from runner.engine.batch import Engine, Request
-from runner.engine.model import ContextConfig, LoadedModel
+from runner.engine.model import LoadedModel
+from runner.engine.protocol import LaunchConfig
 from runner.engine.prompt_blocks import best_block
 from runner.engine.sampling import SamplingOptions
 
@@ -56,7 +57,7 @@ def test_best_block(avail, must, budget, expected):
 
 @pytest.fixture(scope="module")
 def model(smollm2_path):
-    m = LoadedModel(str(smollm2_path), ContextConfig(n_ctx_per_seq=512, n_seq=8, n_batch=64, n_threads=2))
+    m = LoadedModel(LaunchConfig(model=str(smollm2_path), num_ctx=512, parallel=8, num_batch=64, num_thread=2))
     yield m
     m.close()
 

@@ -52,8 +52,9 @@ class FakeRunner:
     """Stands in for RunnerClient: `start` returns at once (or when the factory's gate opens), `die` is
     the process ending on its own."""
 
-    def __init__(self, factory: "FakeRunners", model_path: Path, args: list[str], debug: bool):
-        self.factory, self.model_path, self.args, self.debug = factory, model_path, args, debug
+    def __init__(self, factory: "FakeRunners", launch, debug: bool):
+        # the launch config as the runner would read it: its model file and its command line
+        self.factory, self.model_path, self.args, self.debug = factory, Path(launch.model), launch.to_argv(), debug
         self.started = self.stopped = self.dead = False
         self.start_timeout: float | None = None
         self.waited: float | None = None  # the timeout wait_exited was given
@@ -65,7 +66,7 @@ class FakeRunner:
 
     @property
     def ctx(self) -> int:
-        return int(self.args[self.args.index("--ctx") + 1])
+        return int(self.args[self.args.index("--num-ctx") + 1])
 
     async def start(self, timeout: float) -> dict:
         self.start_timeout = timeout
@@ -96,8 +97,8 @@ class FakeRunners:
         self.gate: asyncio.Event | None = None  # set: starts wait for it (a slow load)
         self.fail_with: BaseException | None = None  # set: starts raise it (a load that fails)
 
-    def __call__(self, model_path: Path, args: list[str], *, debug: bool = False) -> FakeRunner:
-        runner = FakeRunner(self, model_path, args, debug)
+    def __call__(self, launch, *, debug: bool = False) -> FakeRunner:
+        runner = FakeRunner(self, launch, debug)
         self.made.append(runner)
         return runner
 

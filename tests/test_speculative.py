@@ -16,7 +16,8 @@ import pytest
 
 from runner.engine import speculative
 from runner.engine.batch import Request
-from runner.engine.model import ContextConfig, LoadedModel
+from runner.engine.model import LoadedModel
+from runner.engine.protocol import LaunchConfig
 from runner.engine.sampling import SamplingOptions
 from runner.engine.speculative import NgramDraft, draft_limit, verify
 from tests.engine_harness import EngineRun
@@ -126,7 +127,7 @@ class Run(EngineRun):
 
 @pytest.fixture(scope="module")
 def smollm2(smollm2_path):
-    m = LoadedModel(str(smollm2_path), ContextConfig(n_ctx_per_seq=512, n_seq=4, n_threads=1))
+    m = LoadedModel(LaunchConfig(model=str(smollm2_path), num_ctx=512, parallel=4, num_thread=1))
     yield m
     m.close()
 
@@ -230,7 +231,7 @@ def test_num_predict_stop_strings_and_logprobs_hold(smollm2, copy_prompt, greedy
 def test_context_shift_falls_where_it_does_without_speculation(smollm2_path):
     """A 128-token context, a 90-token prompt and an answer that runs past the end: the context shifts
     (drafts never reach past the room the engine checks for), and the tokens are the same."""
-    m = LoadedModel(str(smollm2_path), ContextConfig(n_ctx_per_seq=128, n_seq=4, n_threads=1))
+    m = LoadedModel(LaunchConfig(model=str(smollm2_path), num_ctx=128, parallel=4, num_thread=1))
     try:
         prompt = m.tokenize(("red green blue " * 30).strip())
         with Run(m) as run:
@@ -284,7 +285,7 @@ def _two_sample_chi2(a: Counter, b: Counter) -> tuple[float, int]:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_gguf):
-    m = LoadedModel(str(tiny_gguf), ContextConfig(n_ctx_per_seq=256, n_seq=4, n_threads=1))
+    m = LoadedModel(LaunchConfig(model=str(tiny_gguf), num_ctx=256, parallel=4, num_thread=1))
     yield m
     m.close()
 

@@ -9,11 +9,14 @@ import re
 import sys
 import tempfile
 from collections import deque
-from pathlib import Path
+from dataclasses import replace
 from typing import TYPE_CHECKING, AsyncIterator
 
 import aiohttp
-import orjson
+
+from runner.engine.protocol import (CompletionRequest, DetokenizeRequest, DetokenizeResult, EmbedRequest, EmbedResult,
+                                    LaunchConfig, ProtocolError, Record, RerankRequest, RerankResult, TokenizeRequest,
+                                    TokenizeResult, is_last, record_from_json)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -22,6 +25,7 @@ CRASH_MESSAGE = "model runner has unexpectedly stopped, this may be due to resou
 
 
 RUNNER_DIR_PREFIX = "lm-runner-"
+_JSON = {"Content-Type": "application/json"}
 
 
 def remove_dead_runner_dirs() -> list[str]:
@@ -62,14 +66,14 @@ class RunnerRejected(RunnerError):
 
 
 class RunnerClient:
-    def __init__(self, model_path: Path, args: list[str], *, debug: bool = False):
-        self.model_path = model_path
-        self.args = args
+    def __init__(self, launch: LaunchConfig, *, debug: bool = False):
+        """`launch`: the runner's settings; its socket and daemon pid are this client's to fill in."""
         self.debug = debug
         # The daemon's pid in the name: its next start removes what a SIGKILLed daemon left (see
         # remove_dead_runner_dirs).
         self._dir = tempfile.mkdtemp(prefix=f"{RUNNER_DIR_PREFIX}{os.getpid()}-")
         self.socket_path = os.path.join(self._dir, "runner.sock")
+        self.launch = replace(launch, socket=self.socket_path, daemon_pid=os.getpid())
         self.proc: asyncio.subprocess.Process | None = None
         self._stderr_tail: deque[str] = deque(maxlen=30)
         self._session: aiohttp.ClientSession | None = None
@@ -100,8 +104,7 @@ class RunnerClient:
             raise
 
     async def _start(self, timeout: float) -> dict:
-        cmd = [sys.executable, "-m", "runner.engine", "--model", str(self.model_path), "--socket", self.socket_path,
-               "--daemon-pid", str(os.getpid()), *self.args]
+        cmd = [sys.executable, "-m", "runner.engine", *self.launch.to_argv()]
         self.proc = await asyncio.create_subprocess_exec(
             *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE, start_new_session=True,
@@ -138,9 +141,9 @@ class RunnerClient:
             if self.debug:
                 sys.stderr.write(f"[runner {self.proc.pid}] {line}")
 
-    async def completion_batches(self, payload: dict) -> AsyncIterator[list[dict]]:
-        """The runner's NDJSON objects, as lists of those that arrived together; raises RunnerError if
-        the runner dies meanwhile.
+    async def completion_batches(self, request: CompletionRequest) -> AsyncIterator[list[Record]]:
+        """The runner's records (pieces, then a final or an error record), as lists of those that arrived
+        together; raises RunnerError if the runner dies meanwhile.
 
         Under load the runner's lines for one request pile up between two reads of ours; taking all of
         them at once (one read, one pass) means one trip through the layers above per batch, and one
@@ -148,7 +151,8 @@ class RunnerClient:
         if not self.alive or self._session is None:
             raise RunnerError(CRASH_MESSAGE)
         try:
-            async with self._session.post("http://runner/completion", json=payload) as resp:
+            async with self._session.post("http://runner/completion", data=request.to_json(),
+                                          headers=_JSON) as resp:
                 if resp.status != 200:
                     body = await resp.json(content_type=None)
                     message = body.get("error") or f"runner answered {resp.status}"
@@ -160,20 +164,19 @@ class RunnerClient:
                         data = rest + data
                     lines = data.split(b"\n")
                     rest = lines.pop()  # an unfinished line waits for the next read
-                    batch = [orjson.loads(line) for line in lines if line.strip()]
+                    batch = [record_from_json(line) for line in lines if line.strip()]
                     if batch:
-                        last = batch[-1]
-                        got_final = got_final or bool(last.get("done")) or "error" in last
+                        got_final = got_final or is_last(batch[-1])
                         yield batch
                 if rest.strip() or not got_final:  # the runner died mid-line, or before its last line
                     raise RunnerError(await self._crash_message())
-        except (aiohttp.ClientError, json.JSONDecodeError, ConnectionError) as exc:
+        except (aiohttp.ClientError, json.JSONDecodeError, ConnectionError, ProtocolError) as exc:
             raise RunnerError(await self._crash_message()) from exc
 
     async def _crash_message(self) -> str:
         """Ollama's message for a runner that died; for one on RPC workers, which worker loss it was
         (libggml-rpc aborts the runner when a worker's connection breaks, and says so on stderr)."""
-        if "--rpc" not in self.args or self.proc is None:
+        if not self.launch.rpc_workers or self.proc is None:
             return CRASH_MESSAGE
         try:
             await asyncio.wait_for(self.proc.wait(), timeout=2)
@@ -194,42 +197,46 @@ class RunnerClient:
 
         import numpy as np
 
-        if not self.alive or self._session is None:
-            raise RunnerError(CRASH_MESSAGE)
+        body = await self._call("embed", EmbedRequest(list(inputs), truncate))
         try:
-            async with self._session.post("http://runner/embed", json={"input": inputs, "truncate": truncate}) as resp:
-                body = await resp.json(content_type=None)
-                if resp.status != 200:
-                    raise RunnerRejected(body.get("error") or f"runner answered {resp.status}", resp.status)
-            vectors = np.frombuffer(base64.b64decode(body["vectors"]), dtype="<f4").reshape(len(inputs), body["dims"])
-            return vectors, body["counts"], int(body.get("prompt_eval_duration", 0))
-        except (aiohttp.ClientError, json.JSONDecodeError, ConnectionError, KeyError, TypeError, ValueError) as exc:
+            answer = EmbedResult.from_json(body)
+            vectors = np.frombuffer(base64.b64decode(answer.vectors), dtype="<f4").reshape(len(inputs), answer.dims)
+        except ValueError as exc:  # an answer that is not the runner's shape (ProtocolError is one)
             raise RunnerError(CRASH_MESSAGE) from exc
+        return vectors, answer.counts, answer.prompt_eval_duration
 
     async def rerank(self, query: str, documents: list[str], truncate: bool = True) -> tuple[list[float], list[int]]:
         """The relevance score of each (query, document) pair and its token count. RunnerRejected for what
         the runner refuses (400, 501)."""
-        body = await self._call("rerank", {"query": query, "documents": documents, "truncate": truncate})
-        try:
-            scores, counts = [float(s) for s in body["scores"]], [int(c) for c in body["counts"]]
-        except (KeyError, TypeError, ValueError) as exc:  # an answer that is not the runner's shape
-            raise RunnerError(CRASH_MESSAGE) from exc
-        if len(scores) != len(documents):
+        body = await self._call("rerank", RerankRequest(query, list(documents), truncate))
+        answer = self._answer(RerankResult, body)
+        if len(answer.scores) != len(documents):
             raise RunnerError(CRASH_MESSAGE)
-        return scores, counts
+        return [float(s) for s in answer.scores], answer.counts
 
     async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
-        return (await self._call("tokenize", {"content": text, "add_special": add_special}))["tokens"]
+        body = await self._call("tokenize", TokenizeRequest(text, add_special))
+        return self._answer(TokenizeResult, body).tokens
 
     async def detokenize(self, tokens: list[int]) -> str:
         """The text of token ids (special tokens written out); RunnerRejected for ids not in the vocabulary."""
-        return (await self._call("detokenize", {"tokens": tokens}))["content"]
+        body = await self._call("detokenize", DetokenizeRequest(list(tokens)))
+        return self._answer(DetokenizeResult, body).content
 
-    async def _call(self, route: str, payload: dict) -> dict:
+    @staticmethod
+    def _answer(kind, body: dict):
+        try:
+            return kind.from_json(body)
+        except ProtocolError as exc:  # an answer that is not the runner's shape
+            raise RunnerError(CRASH_MESSAGE) from exc
+
+    async def _call(self, route: str, message) -> dict:
+        """POSTs one of protocol.py's requests; the answer's JSON object. RunnerRejected for a refusal,
+        RunnerError when the runner is gone or answers nonsense."""
         if not self.alive or self._session is None:
             raise RunnerError(CRASH_MESSAGE)
         try:
-            async with self._session.post(f"http://runner/{route}", json=payload) as resp:
+            async with self._session.post(f"http://runner/{route}", data=message.to_json(), headers=_JSON) as resp:
                 body = await resp.json(content_type=None)
                 if resp.status != 200:
                     raise RunnerRejected(body.get("error") or f"runner answered {resp.status}", resp.status)

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 from runner.settings import Settings
@@ -15,6 +14,7 @@ from runner.model.config import ModelConfig
 from runner.daemon.replicas import pick_replica, plan_replicas
 from runner.ggml.rpc_client import WorkerError, parse_workers, probe_all
 from runner.daemon.runner_client import RunnerError, RunnerClient
+from runner.engine.protocol import LaunchConfig
 
 log = logging.getLogger("lm.scheduler")
 FOREVER = float("inf")
@@ -41,10 +41,10 @@ class Runner(Protocol):
 
 
 class RunnerFactory(Protocol):
-    """A runner, not started yet, for the model file and the runner's arguments (RunnerClient's own
-    constructor is the real factory)."""
+    """A runner, not started yet, for its launch config (RunnerClient's own constructor is the real
+    factory)."""
 
-    def __call__(self, model_path: Path, args: list[str], *, debug: bool = False) -> Runner: ...
+    def __call__(self, launch: LaunchConfig, *, debug: bool = False) -> Runner: ...
 
 
 @dataclass
@@ -56,7 +56,7 @@ class Replica:
 
 
 @dataclass
-class LoadedModel:
+class ResidentModel:
     config: ModelConfig
     num_ctx: int
     num_gpu: int | None
@@ -100,7 +100,7 @@ class LoadedModel:
 @dataclass
 class Lease:
     """One request's hold on a loaded model: the model, and the replica that serves the request."""
-    model: LoadedModel
+    model: ResidentModel
     replica: Replica
 
     @property
@@ -140,7 +140,7 @@ class Scheduler:
         self.settings = settings
         self.runner_factory = runner_factory
         self.memory = memory
-        self.loaded: dict[str, LoadedModel] = {}
+        self.loaded: dict[str, ResidentModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._inflight: dict[str, int] = {}
 
@@ -180,7 +180,7 @@ class Scheduler:
             self._inflight[key] -= 1
             raise
 
-    async def _ensure_loaded(self, config: ModelConfig, options: dict, keep_alive: float | None) -> LoadedModel:
+    async def _ensure_loaded(self, config: ModelConfig, options: dict, keep_alive: float | None) -> ResidentModel:
         num_ctx, num_gpu = self._num_ctx(config, options), self._num_gpu(config, options)
         main_gpu = self._main_gpu(config, options)
         lm = self.loaded.get(config.key)
@@ -238,13 +238,11 @@ class Scheduler:
         return [place(shape, remote=remote, probe=self.memory, **plan)]
 
     @staticmethod
-    def _placement_args(placement: Placement, kv_type: str, flash: str) -> list[str]:
-        """The runner's arguments for where the model goes and how its KV cache is stored."""
-        args = ["--gpu-layers", str(placement.gpu_layers), "--kv-type", kv_type, "--flash-attn", flash,
-                "--split-mode", placement.split_mode, "--main-gpu", str(placement.main_gpu)]
-        if placement.tensor_split:
-            args += ["--tensor-split", ",".join(f"{x:g}" for x in placement.tensor_split)]
-        return args
+    def _placement_launch(placement: Placement, kv_type: str, flash: str) -> dict:
+        """The runner's settings for where the model goes and how its KV cache is stored."""
+        return dict(gpu_layers=placement.gpu_layers, kv_type=kv_type, flash_attn=flash,
+                    split_mode=placement.split_mode, main_gpu=placement.main_gpu,
+                    tensor_split=tuple(placement.tensor_split))
 
     def _fits(self, placement: Placement) -> bool:
         if self.memory.backend() == "cuda":
@@ -268,7 +266,7 @@ class Scheduler:
             await self._unload(victim)
 
     async def _load(self, config: ModelConfig, options: dict, placements: list[Placement], num_ctx: int,
-                    num_gpu: int | None, keep_alive) -> LoadedModel:
+                    num_gpu: int | None, keep_alive) -> ResidentModel:
         """Starts a runner per placement (together); if one fails, none is left running."""
         procs = [self._runner(config, options, p, num_ctx) for p in placements]
         results = await asyncio.gather(*(p.start(self.settings.load_timeout) for p in procs), return_exceptions=True)
@@ -276,7 +274,7 @@ class Scheduler:
         if failed:
             await asyncio.gather(*(p.stop() for p in procs), return_exceptions=True)
             raise failed[0]
-        lm = LoadedModel(config, num_ctx, num_gpu, [Replica(proc, p) for proc, p in zip(procs, placements)],
+        lm = ResidentModel(config, num_ctx, num_gpu, [Replica(proc, p) for proc, p in zip(procs, placements)],
                          keep_alive if keep_alive is not None else self.settings.keep_alive)
         lm.use_mmap = self._use_mmap(config, options)
         lm.idle.set()
@@ -286,33 +284,30 @@ class Scheduler:
     def _runner(self, config: ModelConfig, options: dict, placement: Placement, num_ctx: int) -> Runner:
         """The runner process (not started yet) for one copy of the model at `placement`."""
         kv_type, flash = self.settings.engine_kv
-        args = ["--ctx", str(num_ctx), "--parallel", str(placement.parallel),
-                *self._placement_args(placement, kv_type, flash)]
+        launch = dict(model=str(config.model_path), num_ctx=num_ctx, parallel=placement.parallel,
+                      **self._placement_launch(placement, kv_type, flash))
         threads = options.get("num_thread") or config.parameters.get("num_thread")
         if threads:
-            args += ["--threads", str(int(threads))]
+            launch["num_thread"] = int(threads)
         batch = options.get("num_batch") or config.parameters.get("num_batch")
         if batch:  # tokens per llama_decode (and micro-batch): bigger prefills faster, at more memory
-            args += ["--batch", str(int(batch))]
+            launch["num_batch"] = int(batch)
         if placement.gpu_layers > 0:
-            args.append("--mixed-prefill")  # GPU: throughput over bit-exact batch invariance
+            launch["mixed_prefill"] = True  # GPU: throughput over bit-exact batch invariance
         invariant = self.settings.batch_invariant
         if invariant or (invariant is None and placement.gpu_layers == 0):
-            args.append("--no-repack")  # the same seed gives the same text alone and under load
+            launch["repack"] = False  # the same seed gives the same text alone and under load
         pipeline = self.settings.pipeline
         if pipeline is None:  # on a GPU; not across workers, whose one connection each step crosses
             pipeline = placement.gpu_layers > 0 and not placement.remote
         if pipeline and placement.parallel >= 4 and placement.parallel % 2 == 0:
-            args += ["--contexts", "2"]  # sample one half of the slots while the GPU runs the other
+            launch["contexts"] = 2  # sample one half of the slots while the GPU runs the other
         if {"embedding", "rerank"} & set(config.capabilities):
-            args.append("--embedding")  # an embedding model or reranker (BERT and kin): no generation context
-        if not self._use_mmap(config, options):
-            args.append("--no-mmap")
-        for adapter in config.adapters:  # LoRA layers, applied in manifest order
-            args += ["--adapter", str(adapter)]
+            launch["embedding_only"] = True  # an embedding model or reranker (BERT and kin): no generation context
+        launch["use_mmap"] = self._use_mmap(config, options)
+        launch["adapters"] = tuple(str(a) for a in config.adapters)  # LoRA layers, applied in manifest order
         if placement.remote:  # the workers' devices follow this host's GPUs, as the plan numbered them
-            for endpoint in self.settings.rpc_workers:
-                args += ["--rpc", endpoint]
+            launch["rpc_workers"] = tuple(self.settings.rpc_workers)
         layers = placement.layers_by_device()
         gpus = ", ".join(f"{device_label(placement, i)} {b / 2**30:.1f} GiB"
                          + (f" ({layers[i]} layers)" if placement.devices and i in layers else "")
@@ -320,7 +315,7 @@ class Scheduler:
         log.info("loading %s (ctx %d, %d slots, %d GPU layers%s; KV cache %s, %.1f MiB per slot, flash attention %s)",
                  config.display, num_ctx, placement.parallel, placement.gpu_layers, f": {gpus}" if gpus else "",
                  kv_type, placement.kv_bytes_per_slot / 2**20, flash)
-        return self.runner_factory(config.model_path, args, debug=self.settings.debug)
+        return self.runner_factory(LaunchConfig(**launch), debug=self.settings.debug)
 
     @staticmethod
     def _use_mmap(config: ModelConfig, options: dict) -> bool:
@@ -338,7 +333,7 @@ class Scheduler:
         lm.idle.set()
         self._schedule_expiry(lm)
 
-    def _schedule_expiry(self, lm: LoadedModel) -> None:
+    def _schedule_expiry(self, lm: ResidentModel) -> None:
         self._cancel_expiry(lm)
         if lm.keep_alive < 0:
             lm.expires_at = FOREVER
@@ -347,18 +342,18 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         lm._expiry = loop.call_later(lm.keep_alive, lambda: asyncio.ensure_future(self._expire(lm)))
 
-    def _cancel_expiry(self, lm: LoadedModel) -> None:
+    def _cancel_expiry(self, lm: ResidentModel) -> None:
         if lm._expiry:
             lm._expiry.cancel()
             lm._expiry = None
         lm.expires_at = FOREVER
 
-    async def _expire(self, lm: LoadedModel) -> None:
+    async def _expire(self, lm: ResidentModel) -> None:
         async with self._locks.setdefault(lm.key, asyncio.Lock()):
             if lm.active == 0 and self.loaded.get(lm.key) is lm:
                 await self._unload(lm)
 
-    async def _unload(self, lm: LoadedModel) -> None:
+    async def _unload(self, lm: ResidentModel) -> None:
         self._cancel_expiry(lm)
         if self.loaded.get(lm.key) is lm:
             del self.loaded[lm.key]
@@ -391,7 +386,7 @@ class Scheduler:
                 asyncio.ensure_future(self._retire(lm))
 
     @staticmethod
-    async def _retire(lm: LoadedModel) -> None:
+    async def _retire(lm: ResidentModel) -> None:
         await lm.idle.wait()
         await asyncio.gather(*(r.proc.stop() for r in lm.replicas), return_exceptions=True)
 
@@ -419,5 +414,5 @@ def placement_devices(placement: Placement) -> list[dict]:
     return out
 
 
-__all__ = ["Scheduler", "ServerBusy", "LoadedModel", "Lease", "Replica", "RunnerError", "device_label",
+__all__ = ["Scheduler", "ServerBusy", "ResidentModel", "Lease", "Replica", "RunnerError", "device_label",
            "placement_devices"]

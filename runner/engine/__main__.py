@@ -1,4 +1,5 @@
-"""Entry point of a runner process: `python -m runner.engine --model PATH --socket PATH ...`.
+"""Entry point of a runner process: `python -m runner.engine --model PATH --socket PATH ...`, the
+arguments being a LaunchConfig's (runner/engine/protocol.py).
 
 The model is loaded before aiohttp is imported: with aiohttp imported first, loading a model onto an
 H100 through llama.cpp's CUDA backend segfaulted (seen on the device machine, reproducible).
@@ -6,7 +7,6 @@ H100 through llama.cpp's CUDA backend segfaulted (seen on the device machine, re
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import threading
@@ -15,35 +15,17 @@ import threading
 # tensor_split name the same GPUs. Must be set before llama.cpp (imported below) initialises CUDA.
 os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
 
-from runner.engine.model import ContextConfig, LoadedModel, ModelLoadError
+from runner.engine.model import LoadedModel, ModelLoadError
+from runner.engine.protocol import LaunchConfig, ProtocolError
 
 
-def _args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="runner.engine")
-    p.add_argument("--model", required=True)
-    p.add_argument("--socket", required=True)
-    p.add_argument("--ctx", type=int, default=2048, help="context length per sequence")
-    p.add_argument("--parallel", type=int, default=4)
-    p.add_argument("--batch", type=int, default=512)
-    p.add_argument("--gpu-layers", type=int, default=0)
-    p.add_argument("--main-gpu", type=int, default=0)
-    p.add_argument("--split-mode", default="layer", choices=("none", "layer", "row"))
-    p.add_argument("--tensor-split", default="", help="comma-separated share of the layers per GPU, e.g. 0.6,0.4")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--flash-attn", default="auto")
-    p.add_argument("--kv-type", default="f16")
-    p.add_argument("--no-mmap", action="store_true")
-    p.add_argument("--no-repack", action="store_true",
-                   help="no repacked CPU weights (llama.cpp's extra buffer types): batch-invariant kernels")
-    p.add_argument("--mixed-prefill", action="store_true", help="mix prefill chunks into decode steps (GPU)")
-    p.add_argument("--contexts", type=int, default=1,
-                   help="split the slots over this many contexts, one sampled while the GPU computes another")
-    p.add_argument("--embedding", action="store_true", help="an embedding model: no generation context")
-    p.add_argument("--adapter", action="append", default=[], help="a GGUF LoRA adapter to apply (repeatable)")
-    p.add_argument("--rpc", action="append", default=[],
-                   help="a ggml RPC worker (host:port) whose devices follow this host's GPUs (repeatable)")
-    p.add_argument("--daemon-pid", type=int, default=0, help="the daemon's pid: the runner dies with it")
-    return p.parse_args()
+def _config() -> LaunchConfig:
+    """This runner's settings, from the command line the daemon wrote (LaunchConfig.to_argv)."""
+    try:
+        return LaunchConfig.from_argv(sys.argv[1:])
+    except ProtocolError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def _die_with_daemon(daemon_pid: int) -> None:
@@ -61,7 +43,7 @@ def _die_with_daemon(daemon_pid: int) -> None:
         os._exit(0)
 
 
-async def _serve(args: argparse.Namespace, model: LoadedModel, embedder=None) -> None:
+async def _serve(cfg: LaunchConfig, model: LoadedModel, embedder=None) -> None:
     import asyncio
     import signal
 
@@ -69,14 +51,14 @@ async def _serve(args: argparse.Namespace, model: LoadedModel, embedder=None) ->
 
     from runner.engine.server import RunnerServer
 
-    info = {"n_ctx": args.ctx, "gpu_layers": args.gpu_layers, "pid": os.getpid()}
-    server = RunnerServer(model, args.parallel, mixed_prefill=args.mixed_prefill, info=info,
+    info = {"n_ctx": cfg.num_ctx, "gpu_layers": cfg.gpu_layers, "pid": os.getpid()}
+    server = RunnerServer(model, cfg.parallel, mixed_prefill=cfg.mixed_prefill, info=info,
                           embedder=embedder)
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.add_routes(server.routes())
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
-    await web.UnixSite(runner, args.socket).start()
+    await web.UnixSite(runner, cfg.socket).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -98,25 +80,17 @@ async def _serve(args: argparse.Namespace, model: LoadedModel, embedder=None) ->
 def main() -> None:
     import asyncio
 
-    args = _args()
-    _die_with_daemon(args.daemon_pid)
+    cfg = _config()
+    _die_with_daemon(cfg.daemon_pid)
     threading.stack_size(64 * 1024 * 1024)  # the engine thread runs llama.cpp's decode: give it room
-    cfg = ContextConfig(
-        n_ctx_per_seq=args.ctx, n_seq=args.parallel, n_batch=args.batch, n_gpu_layers=args.gpu_layers,
-        main_gpu=args.main_gpu, split_mode=args.split_mode,
-        tensor_split=tuple(float(x) for x in args.tensor_split.split(",") if x.strip()),
-        n_threads=args.threads, flash_attn=args.flash_attn, kv_type=args.kv_type,
-        use_mmap=not args.no_mmap, repack=not args.no_repack, embedding_only=args.embedding,
-        n_contexts=args.contexts, rpc_workers=tuple(args.rpc),
-    )
     try:
-        model = LoadedModel(args.model, cfg, adapters=args.adapter)
+        model = LoadedModel(cfg)
     except ModelLoadError as exc:
         # The daemon reports the last "error:" line of a runner that failed to start.
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
     embedder = None
-    if args.embedding:  # created here too, before aiohttp is imported
+    if cfg.embedding_only:  # created here too, before aiohttp is imported
         from runner.engine.embed import EmbedUnsupported, new_embed_engine
 
         try:
@@ -124,7 +98,7 @@ def main() -> None:
         except (EmbedUnsupported, RuntimeError) as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             sys.exit(1)
-    asyncio.run(_serve(args, model, embedder))
+    asyncio.run(_serve(cfg, model, embedder))
 
 
 if __name__ == "__main__":

@@ -141,7 +141,7 @@ class Engine:
         spec_max_sequences: int | None = None,
     ):
         self.model = model
-        self.n_ctx = model.cfg.n_ctx_per_seq
+        self.n_ctx = model.cfg.num_ctx
         per_context = n_slots // len(model.contexts)
         # model.n_batch is at least the slots per context: a decode step of all of them fits.
         self.groups = [_Group(ctx, mem, per_context, model.n_batch) for ctx, mem in model.contexts]

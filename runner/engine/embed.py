@@ -275,7 +275,7 @@ def new_embed_engine(loaded) -> EmbedEngine:
     """The embedding engine for a loaded model, sized from its context settings."""
     cfg = loaded.cfg
     flash = {"auto": -1, "off": 0, "on": 1}.get(cfg.flash_attn, -1)
-    return EmbedEngine(loaded, n_ctx_per_seq=cfg.n_ctx_per_seq, n_threads=cfg.n_threads or os.cpu_count() or 1,
+    return EmbedEngine(loaded, n_ctx_per_seq=cfg.num_ctx, n_threads=cfg.num_thread or os.cpu_count() or 1,
                        flash_attn=flash)
 
 

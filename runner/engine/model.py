@@ -5,9 +5,9 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-from dataclasses import dataclass
-
 import llama_cpp as ll
+
+from runner.engine.protocol import LaunchConfig
 
 _backend_ready = False
 
@@ -25,47 +25,19 @@ class ModelLoadError(RuntimeError):
     pass
 
 
-@dataclass
-class ContextConfig:
-    n_ctx_per_seq: int = 2048
-    n_seq: int = 4
-    n_batch: int = 512
-    n_gpu_layers: int = 0
-    main_gpu: int = 0  # with split_mode "none": the one GPU used (-1: none)
-    # "none": one GPU; "layer": whole layers (and their KV) spread over the GPUs by tensor_split
-    split_mode: str = "layer"
-    tensor_split: tuple[float, ...] = ()  # share per CUDA device, by ordinal; () lets llama.cpp split by free memory
-    n_threads: int = 0  # 0: all cores
-    flash_attn: str = "auto"  # "auto", "on", "off"
-    kv_type: str = "f16"
-    use_mmap: bool = True
-    # llama.cpp's extra CPU buffer types (weights repacked for Q4_0, Q4_K, IQ4_NL, ...): faster batched
-    # kernels, but a row's result then depends on how many rows are computed with it (a four-row kernel
-    # beside the one-row one), so a sequence's text would depend on the others in its batch. Off where
-    # lm promises batch invariance (the CPU: LM_BATCH_INVARIANT).
-    repack: bool = True
-    # An embedding model (BERT and kin): no generation context at all; embeddings get their own.
-    embedding_only: bool = False
-    # The slots split over this many contexts (each its own KV cache and compute buffers), so that the
-    # engine can sample one group's step while the GPU computes another's (runner/engine/batch.py).
-    n_contexts: int = 1
-    # ggml RPC workers (host:port) whose devices take part, after this host's GPUs (runner/ggml/rpc_client.py)
-    rpc_workers: tuple[str, ...] = ()
-
-
 _KV_TYPES = {"f16": ll.GGML_TYPE_F16, "f32": ll.GGML_TYPE_F32, "q8_0": ll.GGML_TYPE_Q8_0, "q4_0": ll.GGML_TYPE_Q4_0}
 _FLASH = {"auto": ll.LLAMA_FLASH_ATTN_TYPE_AUTO, "off": ll.LLAMA_FLASH_ATTN_TYPE_DISABLED,
           "on": ll.LLAMA_FLASH_ATTN_TYPE_ENABLED}
 _SPLIT = {"none": ll.LLAMA_SPLIT_MODE_NONE, "layer": ll.LLAMA_SPLIT_MODE_LAYER, "row": ll.LLAMA_SPLIT_MODE_ROW}
 
 
-def _model_params(cfg: ContextConfig):
+def _model_params(cfg: LaunchConfig):
     """llama_model_params for `cfg`, and the float array its tensor_split points to (keep it alive
     while the model loads: the struct only borrows it)."""
     if cfg.split_mode not in _SPLIT:
         raise ModelLoadError(f"unknown split mode {cfg.split_mode!r}")
     mparams = ll.llama_model_default_params()
-    mparams.n_gpu_layers = cfg.n_gpu_layers
+    mparams.n_gpu_layers = cfg.gpu_layers
     mparams.split_mode = _SPLIT[cfg.split_mode]
     mparams.main_gpu = cfg.main_gpu
     if not cfg.use_mmap:  # the struct has no use_mmap any more: load_mode says it
@@ -96,8 +68,11 @@ def _model_params(cfg: ContextConfig):
 class LoadedModel:
     """Owns the llama_model, the llama_context and token <-> text helpers."""
 
-    def __init__(self, path: str, cfg: ContextConfig, adapters: list[str] | tuple[str, ...] = ()):
+    def __init__(self, cfg: LaunchConfig):
+        """Loads `cfg.model` with `cfg.adapters`, and a context per `cfg.contexts` (none for an
+        embedding model); the rest of `cfg` (the socket, the engine's switches) is not read here."""
         _init_backend()
+        path = cfg.model
         self.cfg = cfg
         mparams, self._tensor_split = _model_params(cfg)
         self.model = ll.llama_model_load_from_file(path.encode(), mparams)
@@ -116,26 +91,26 @@ class LoadedModel:
         self._piece_buf = ctypes.create_string_buffer(256)
         self._max_token_bytes: int | None = None
         # LoRA adapters belong to the model (llama.cpp frees them with it); each context applies them.
-        self.adapters = [self._load_adapter(p) for p in adapters]
+        self.adapters = [self._load_adapter(p) for p in cfg.adapters]
         self.ctx = self.memory = None
         self.contexts: list[tuple] = []  # (llama_context, its memory) per slot group; ctx is the first
-        self.n_batch = cfg.n_batch
+        self.n_batch = cfg.num_batch
         if not cfg.embedding_only:
-            n = cfg.n_contexts if cfg.n_contexts > 1 and cfg.n_seq % cfg.n_contexts == 0 else 1
+            n = cfg.contexts if cfg.contexts > 1 and cfg.parallel % cfg.contexts == 0 else 1
             for _ in range(n):
-                self._init_context(cfg, cfg.n_seq // n)
+                self._init_context(cfg, cfg.parallel // n)
             self.ctx, self.memory = self.contexts[0]
 
-    def _init_context(self, cfg: ContextConfig, n_seq: int) -> None:
+    def _init_context(self, cfg: LaunchConfig, n_seq: int) -> None:
         cparams = ll.llama_context_default_params()
-        cparams.n_ctx = cfg.n_ctx_per_seq * n_seq
+        cparams.n_ctx = cfg.num_ctx * n_seq
         # A decode step carries a token of every slot: the batch is never smaller than the slot count.
-        cparams.n_batch = cparams.n_ubatch = max(cfg.n_batch, n_seq)
+        cparams.n_batch = cparams.n_ubatch = max(cfg.num_batch, n_seq)
         cparams.n_seq_max = n_seq
-        threads = cfg.n_threads or os.cpu_count() or 1
+        threads = cfg.num_thread or os.cpu_count() or 1
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
-        # A stream of n_ctx_per_seq cells per slot, not one pool shared by all: it lays each sequence's
+        # A stream of num_ctx cells per slot, not one pool shared by all: it lays each sequence's
         # KV out exactly as if it ran alone (softmax sums see the same layout, so outputs do not depend on
         # other requests), and with many slots it is faster: each token attends over its own sequence's
         # cells, and llama.cpp builds the attention mask per stream (H100, 8B, 64 slots: 4,000 vs 3,100

@@ -1,4 +1,4 @@
-"""Per-sequence sampling options and the llama.cpp sampler chain built from them.
+"""The llama.cpp sampler chain built from a sequence's sampling options.
 
 Sampling runs in C (llama.cpp sampler chains): Python never loops over the vocabulary.
 """
@@ -6,54 +6,12 @@ Sampling runs in C (llama.cpp sampler chains): Python never loops over the vocab
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass, field
 
 import llama_cpp as ll
 
-from modelfiles.options import DEFAULT_OPTIONS
-
-from runner.engine.speculative import check_options as check_draft_options
-
-
-# Every default is Ollama's, from the one table the Modelfile parser and the server use too.
-_D = DEFAULT_OPTIONS
-
-
-@dataclass
-class SamplingOptions:
-    temperature: float = _D["temperature"]
-    top_k: int = _D["top_k"]
-    top_p: float = _D["top_p"]
-    min_p: float = _D["min_p"]
-    typical_p: float = _D["typical_p"]
-    repeat_last_n: int = _D["repeat_last_n"]
-    repeat_penalty: float = _D["repeat_penalty"]
-    presence_penalty: float = _D["presence_penalty"]
-    frequency_penalty: float = _D["frequency_penalty"]
-    seed: int = _D["seed"]
-    grammar: str | None = None
-    num_predict: int = _D["num_predict"]
-    num_keep: int = _D["num_keep"]
-    stop: list[str] = field(default_factory=list)
-    logprobs: bool = False  # report each sampled token's logprob (runner/engine/logprobs.py)
-    top_logprobs: int = 0  # and this many most likely alternatives per token
-    draft_type: str = ""  # speculative decoding's draft source: "ngram", or off (speculative.py)
-    draft_num_predict: int = 4  # the most tokens it proposes per step (Ollama's option; 0 is off)
-
-    @classmethod
-    def from_options(cls, options: dict) -> "SamplingOptions":
-        known = {k: v for k, v in options.items() if k in cls.__dataclass_fields__ and v is not None}
-        if "stop" in known and isinstance(known["stop"], str):
-            known["stop"] = [known["stop"]]
-        opts = cls(**known)
-        check_draft_options(opts.draft_type, opts.draft_num_predict)
-        return opts
-
-    def chain_key(self) -> tuple:
-        """What the sampler chain is built from: two requests with equal keys can share one chain,
-        reset between them (a reset chain samples exactly as a new one would)."""
-        return (self.temperature, self.top_k, self.top_p, self.min_p, self.typical_p, self.repeat_last_n,
-                self.repeat_penalty, self.presence_penalty, self.frequency_penalty, self.seed, self.grammar)
+# The options themselves are part of the daemon-runner contract (protocol.py); this module builds the
+# llama.cpp chain that runs them.
+from runner.engine.protocol import SamplingOptions
 
 
 class SamplerChain:

@@ -1,20 +1,17 @@
 """The runner process: one loaded model, served over HTTP on a Unix socket to the daemon.
 
-Routes (internal, not a public API):
+Routes (internal, not a public API; the messages are runner/engine/protocol.py's, where the keys are
+spelled):
   GET  /health      -> {"status": "ok", "slots", "active", "n_ctx", "gpu_layers", ...}
-  POST /tokenize    {"content", "add_special"} -> {"tokens"}
-  POST /detokenize  {"tokens"} -> {"content"}
-  POST /completion  {"prompt": str, "options": {...}} -> NDJSON: {"content"} lines (with "logprobs" when the
-                    options ask for them), then a final
-                    {"done": true, "done_reason", counts and durations (ns), "context"} or {"error"}
-  POST /embed       {"input": [str], "truncate": bool} -> {"dims", "vectors": base64 of float32 rows
-                    (raw, not normalised), "counts": tokens per input, "prompt_eval_duration"};
-                    400 {"error"} for an input too long, 501 for a model without embeddings
-  POST /rerank      {"query": str, "documents": [str], "truncate": bool} -> {"scores": [float] (the first
-                    classifier output of each pair), "counts": tokens per pair, "prompt_eval_duration"};
-                    400 for a query too long, 501 for a model that is not a reranker
+  POST /tokenize    TokenizeRequest -> TokenizeResult
+  POST /detokenize  DetokenizeRequest -> DetokenizeResult; 400 for ids not in the vocabulary
+  POST /completion  CompletionRequest -> NDJSON: Piece lines, then a FinalRecord or an ErrorRecord
+  POST /embed       EmbedRequest -> EmbedResult (raw vectors, not normalised); 400 {"error"} for an input
+                    too long, 501 for a model without embeddings
+  POST /rerank      RerankRequest -> RerankResult (each pair's first classifier output); 400 for a query
+                    too long, 501 for a model that is not a reranker
 
-An embedding model's runner (`--embedding`) has no generation engine; a generative model's runner
+An embedding model's runner (LaunchConfig.embedding_only) has no generation engine; a generative model's runner
 creates its embedding context on the first /embed.
 """
 
@@ -26,19 +23,28 @@ import functools
 import os
 import sys
 
-import orjson
 from aiohttp import web
 
 from runner.engine.batch import Engine, Event, Request
 from runner.engine.embed import EmbedEngine, EmbedJob, EmbedUnsupported, InputTooLong, new_embed_engine
 from runner.engine.long_prompt import tokenize_prompt
 from runner.engine.model import LoadedModel
+from runner.engine.protocol import (CompletionRequest, DetokenizeRequest, DetokenizeResult, EmbedRequest, EmbedResult,
+                                    ErrorRecord, FinalRecord, Piece, ProtocolError, RerankRequest, RerankResult,
+                                    TokenizeRequest, TokenizeResult)
 from runner.engine.rerank import pair_tokens
-from runner.engine.sampling import SamplingOptions
 
 
 def _ns(seconds: float) -> int:
     return int(seconds * 1e9)
+
+
+def _answer(message) -> web.Response:
+    return web.Response(body=message.to_json(), content_type="application/json")
+
+
+def _refusal(message: str, status: int) -> web.Response:
+    return web.json_response({"error": message}, status=status)
 
 
 class _Outbox:
@@ -52,10 +58,6 @@ class _Outbox:
     def __init__(self) -> None:
         self.events: list[Event] = []
         self.waiter: asyncio.Future | None = None
-
-
-def _content_line(text: str) -> bytes:
-    return b'{"content":' + orjson.dumps(text) + b"}\n"
 
 
 class RunnerServer:
@@ -114,44 +116,44 @@ class RunnerServer:
         )
 
     async def tokenize(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        content, add_special = body.get("content", ""), body.get("add_special", True) is not False
-        if not isinstance(content, str):
-            return web.json_response({"error": "content must be a string"}, status=400)
+        try:
+            req = TokenizeRequest.from_json(await request.read())
+        except ProtocolError as exc:
+            return _refusal(str(exc), 400)
         # Off the event loop, as every tokenizing: a long text must not stall the streams of the others.
-        tokens = await asyncio.to_thread(self.model.tokenize, content, add_special=add_special)
-        return web.json_response({"tokens": tokens})
+        tokens = await asyncio.to_thread(self.model.tokenize, req.content, add_special=req.add_special)
+        return _answer(TokenizeResult(tokens))
 
     async def detokenize(self, request: web.Request) -> web.Response:
         """Token ids back to text, special tokens written out (as llama-server's /detokenize)."""
-        tokens = (await request.json()).get("tokens")
+        try:
+            tokens = DetokenizeRequest.from_json(await request.read()).tokens
+        except ProtocolError as exc:
+            return _refusal(str(exc), 400)
         n_vocab = self.model.n_vocab
-        if not isinstance(tokens, list) or not all(type(t) is int and 0 <= t < n_vocab for t in tokens):
-            return web.json_response({"error": f"tokens must be a list of token ids below {n_vocab}"}, status=400)
+        if not all(0 <= t < n_vocab for t in tokens):
+            return _refusal(f"tokens must be a list of token ids below {n_vocab}", 400)
         text = b"".join(self.model.piece(t, special=True) for t in tokens).decode("utf-8", errors="replace")
-        return web.json_response({"content": text})
+        return _answer(DetokenizeResult(text))
 
     async def completion(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
+        body = await request.read()
         if self.engine is None:
             return web.json_response({"error": "this model does not support generate"}, status=400)
         try:
-            opts = SamplingOptions.from_options(body.get("options") or {})
-            context = [int(t) for t in body.get("context") or []]
+            completion = CompletionRequest.from_json(body)
+            opts, context, text = completion.options, completion.context, completion.prompt
             if any(not 0 <= t < self.model.n_vocab for t in context):
                 raise ValueError("context holds token ids that are not in this model's vocabulary")
-            text = body.get("prompt") or ""
-            if not isinstance(text, str):
-                raise TypeError("prompt must be a string")
             # Bounded by the context (long_prompt.py), and a long one off the event loop: a huge prompt
             # must not stall the streams of other requests. A continued conversation (`context`) already
             # starts with BOS.
-            n_ctx = self.model.cfg.n_ctx_per_seq
+            n_ctx = self.model.cfg.num_ctx
             tokenize = functools.partial(tokenize_prompt, self.model, text, n_ctx=n_ctx, num_keep=opts.num_keep,
                                          add_special=not context, whole_head=not context)
             # A short prompt (at most 2 * n_ctx bytes: no pass over the vocabulary either) is quicker inline.
             prompt = context + (tokenize() if len(text) <= n_ctx // 2 else await asyncio.to_thread(tokenize))
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError) as exc:  # ProtocolError is a ValueError
             return web.json_response({"error": str(exc)}, status=400)
         req = Request(prompt=prompt, options=opts)
         box = self.outboxes[req.id] = _Outbox()
@@ -169,14 +171,12 @@ class RunnerServer:
                 lines = []  # whatever piled up since the last write goes out in one write
                 for ev in events:
                     if ev.error:
-                        lines.append(orjson.dumps({"error": ev.error}) + b"\n")
+                        lines.append(ErrorRecord(ev.error).to_json() + b"\n")
                     else:
-                        if ev.logprobs:
-                            lines.append(orjson.dumps({"content": ev.text, "logprobs": ev.logprobs}) + b"\n")
-                        elif ev.text:
-                            lines.append(_content_line(ev.text))
+                        if ev.text or ev.logprobs:
+                            lines.append(Piece(ev.text, ev.logprobs).to_json() + b"\n")
                         if ev.done:
-                            lines.append(orjson.dumps(self._final(req, ev)) + b"\n")
+                            lines.append(self._final(req, ev).to_json() + b"\n")
                     if ev.done:
                         done = True
                         break
@@ -190,18 +190,11 @@ class RunnerServer:
         return resp
 
     @staticmethod
-    def _final(req: Request, ev: Event) -> dict:
-        final = {
-            "done": True,
-            "done_reason": ev.done_reason,
-            "prompt_eval_count": req.prompt_eval_count,
-            "prompt_eval_duration": _ns(req.prompt_eval_duration),
-            "eval_count": req.eval_count,
-            "eval_duration": _ns(req.eval_duration),
-            "context": req.context,
-        }
+    def _final(req: Request, ev: Event) -> FinalRecord:
+        final = FinalRecord(ev.done_reason, req.prompt_eval_count, _ns(req.prompt_eval_duration), req.eval_count,
+                            _ns(req.eval_duration), req.context)
         if req.speculative:  # only requests that asked for it carry the draft counts
-            final.update(draft_count=req.draft_count, draft_accepted_count=req.draft_accepted_count)
+            final.draft_count, final.draft_accepted_count = req.draft_count, req.draft_accepted_count
         return final
 
     async def _embedder(self) -> EmbedEngine:
@@ -217,16 +210,18 @@ class RunnerServer:
             return self.embedder
 
     async def embed(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        inputs = body.get("input")
+        try:
+            req = EmbedRequest.from_json(await request.read())
+        except ProtocolError as exc:
+            return _refusal(str(exc), 400)
+        inputs, truncate = req.input, req.truncate
         n_vocab = self.model.n_vocab
 
         def valid(x) -> bool:  # a text, or token ids of this vocabulary (OpenAI's token-array inputs)
             return isinstance(x, str) or (isinstance(x, list) and all(type(t) is int and 0 <= t < n_vocab for t in x))
 
-        if not isinstance(inputs, list) or not all(valid(x) for x in inputs):
-            return web.json_response({"error": "invalid input type"}, status=400)
-        truncate = body.get("truncate", True) is not False
+        if not all(valid(x) for x in inputs):
+            return _refusal("invalid input type", 400)
         try:
             embedder = await self._embedder()
         except EmbedUnsupported as exc:
@@ -248,20 +243,18 @@ class RunnerServer:
         if job.error:
             status = 501 if "does not support" in job.error else 500
             return web.json_response({"error": job.error}, status=status)
-        return web.json_response({
-            "dims": int(job.vectors.shape[1]),
-            "vectors": base64.b64encode(job.vectors.astype("<f4").tobytes()).decode(),
-            "counts": [len(t) for t in tokens],
-            "prompt_eval_duration": _ns(job.t_done - job.t_submit),
-        })
+        vectors = base64.b64encode(job.vectors.astype("<f4").tobytes()).decode()
+        return _answer(EmbedResult(int(job.vectors.shape[1]), vectors, [len(t) for t in tokens],
+                                   _ns(job.t_done - job.t_submit)))
 
     async def rerank(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        query, documents = body.get("query"), body.get("documents")
-        if not isinstance(query, str) or not isinstance(documents, list) or not documents or not all(
-                isinstance(d, str) for d in documents):
-            return web.json_response({"error": "rerank needs a query and a non-empty list of documents"}, status=400)
-        truncate = body.get("truncate", True) is not False
+        try:
+            req = RerankRequest.from_json(await request.read())
+        except ProtocolError as exc:
+            return _refusal(str(exc), 400)
+        query, documents, truncate = req.query, req.documents, req.truncate
+        if not documents:
+            return _refusal("rerank needs a query and a non-empty list of documents", 400)
         embedder = self.embedder  # a reranker's runner makes it at start; a generative model has none
         if embedder is None or not embedder.rank:
             return web.json_response({"error": "this model does not support rerank"}, status=501)
@@ -276,11 +269,8 @@ class RunnerServer:
         job = await self._run(embedder, tokens)
         if job.error:
             return web.json_response({"error": job.error}, status=500)
-        return web.json_response({
-            "scores": [float(v) for v in job.vectors[:, 0]],
-            "counts": [len(t) for t in tokens],
-            "prompt_eval_duration": _ns(job.t_done - job.t_submit),
-        })
+        return _answer(RerankResult([float(v) for v in job.vectors[:, 0]], [len(t) for t in tokens],
+                                    _ns(job.t_done - job.t_submit)))
 
     async def _run(self, embedder: EmbedEngine, tokens: list[list[int]]) -> EmbedJob:
         """One job through the embedding engine, awaited; cancelled with the request."""

@@ -22,7 +22,8 @@ from runner.daemon.placement import processor_label
 from runner.model.config import ModelConfig, ModelNotFound, load_model_config
 from runner.model.render import PromptError, chat_prompt
 from runner.daemon.runner_client import RunnerError, RunnerRejected
-from runner.daemon.scheduler import Lease, LoadedModel, Scheduler, ServerBusy, placement_devices
+from runner.engine.protocol import CompletionRequest, FinalRecord, Piece, Record, SamplingOptions
+from runner.daemon.scheduler import Lease, ResidentModel, Scheduler, ServerBusy, placement_devices
 from runner.server import metrics
 from runner.server.grammar import grammar_for_format
 from runner.server.http import ApiError, NDJSONStream, bad_request, dumps, field, not_found, read_json
@@ -112,27 +113,31 @@ class Inference:
             if self.lm.keep_alive == 0 and self.lm.active == 0:
                 await self.scheduler.unload(self.lm.key)
 
-    async def stream(self, prompt: str, context: list[int] | None = None) -> AsyncIterator[list[dict]]:
-        """The runner's objects for this request, in lists of those that arrived together (see
-        RunnerClient.completion_batches); an `{"error"}` object is left for the caller to raise, after
-        the pieces before it."""
-        payload = {"prompt": prompt, "options": self.options}
-        if context:
-            payload["context"] = context
-        async for batch in self.lm.proc.completion_batches(payload):
+    async def stream(self, prompt: str, context: list[int] | None = None) -> AsyncIterator[list[Record]]:
+        """The runner's records for this request, in lists of those that arrived together (see
+        RunnerClient.completion_batches); an ErrorRecord is left for the caller to raise, after the
+        pieces before it. RunnerRejected (400) for options the engine cannot honour, as the runner
+        itself would answer."""
+        try:
+            options = SamplingOptions.from_options(self.options)
+        except ValueError as exc:
+            raise RunnerRejected(str(exc), 400) from None
+        request = CompletionRequest(prompt, options, list(context or []))
+        async for batch in self.lm.proc.completion_batches(request):
             yield batch
 
-    def stats(self, final: dict) -> dict:
-        return {
+    def stats(self, final: FinalRecord) -> dict:
+        stats = {
             "total_duration": int((time.perf_counter() - self.t0) * 1e9),
             "load_duration": int(self.load_duration * 1e9),
-            "prompt_eval_count": final.get("prompt_eval_count", 0),
-            "prompt_eval_duration": final.get("prompt_eval_duration", 0),
-            "eval_count": final.get("eval_count", 0),
-            "eval_duration": final.get("eval_duration", 0),
-            # Present only when the request speculated (runner/engine/speculative.py).
-            **{k: final[k] for k in ("draft_count", "draft_accepted_count") if k in final},
+            "prompt_eval_count": final.prompt_eval_count,
+            "prompt_eval_duration": final.prompt_eval_duration,
+            "eval_count": final.eval_count,
+            "eval_duration": final.eval_duration,
         }
+        if final.draft_count is not None:  # only when the request speculated (runner/engine/speculative.py)
+            stats.update(draft_count=final.draft_count, draft_accepted_count=final.draft_accepted_count)
+        return stats
 
 
 async def _load_only(request: web.Request, cfg: ModelConfig, body: dict, chat: bool) -> dict:
@@ -317,23 +322,23 @@ async def chunk_batches(prep: Prepared) -> AsyncIterator[list[dict]]:
                 async for batch in batches:
                     out: list[dict] = []
                     created_at = now_iso()  # one stamp per batch: its chunks go out together
-                    for obj in batch:
-                        if "error" in obj:
+                    for record in batch:
+                        if type(record) is not Piece:
+                            if type(record) is FinalRecord:
+                                final = record
+                                continue
                             if out:
                                 started = True
                                 yield out
-                            raise RunnerError(obj["error"])
-                        if obj.get("done"):
-                            final = obj
-                            continue
+                            raise RunnerError(record.error)
                         first_token_at = first_token_at or time.perf_counter()
                         # Logprobs go out as they come, even while the parser holds their text back
                         # (as Ollama's routes do), so that none is lost.
-                        logprobs = obj.get("logprobs")
+                        logprobs = record.logprobs
                         if plain:
-                            if (text := obj["content"]) or logprobs:
+                            if (text := record.content) or logprobs:
                                 out.append(content_chunk(text, created_at))
-                        elif (delta := parser.feed(obj["content"])) or logprobs:  # empty while held back
+                        elif (delta := parser.feed(record.content)) or logprobs:  # empty while held back
                             out.append(chunk(delta, created_at))
                         if logprobs:
                             out[-1]["logprobs"] = logprobs
@@ -348,17 +353,16 @@ async def chunk_batches(prep: Prepared) -> AsyncIterator[list[dict]]:
                 yield [{"error": str(exc)}]
                 return
             raise ApiError(500, str(exc)) from None
-    metrics.observe_completion(cfg.display, final.get("prompt_eval_count") or 0, final.get("eval_count") or 0,
-                               first_token_at - inf.t0 if first_token_at else None,
-                               (final.get("eval_duration") or 0) / 1e9)
-    metrics.observe_drafts(cfg.display, final.get("draft_count"), final.get("draft_accepted_count"))
-    if isinstance(final.get("draft_count"), int) and inf.lm is not None:  # for /api/ps
-        inf.lm.model.draft_count += final["draft_count"]
-        inf.lm.model.draft_accepted_count += final.get("draft_accepted_count") or 0
+    metrics.observe_completion(cfg.display, final.prompt_eval_count, final.eval_count,
+                               first_token_at - inf.t0 if first_token_at else None, final.eval_duration / 1e9)
+    metrics.observe_drafts(cfg.display, final.draft_count, final.draft_accepted_count)
+    if final.draft_count is not None and inf.lm is not None:  # for /api/ps
+        inf.lm.model.draft_count += final.draft_count
+        inf.lm.model.draft_accepted_count += final.draft_accepted_count or 0
     last = chunk(parser.finish(), now_iso())
-    last.update(done=True, done_reason=final.get("done_reason") or "stop", **inf.stats(final))
+    last.update(done=True, done_reason=final.done_reason or "stop", **inf.stats(final))
     if not prep.chat:
-        last["context"] = final.get("context", [])
+        last["context"] = final.context
     yield [last]
 
 
@@ -442,7 +446,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     return await respond(await prepare_chat(request, await read_json(request)))
 
 
-def _expires(lm: LoadedModel) -> str:
+def _expires(lm: ResidentModel) -> str:
     if lm.expires_at == float("inf"):
         return "2318-01-01T00:00:00Z" if lm.keep_alive < 0 or lm.active else now_iso()
     return datetime.fromtimestamp(lm.expires_at, timezone.utc).isoformat().replace("+00:00", "Z")
