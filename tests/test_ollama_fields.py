@@ -56,6 +56,9 @@ def test_tokenize_errors(daemon, smollm2):
     assert daemon.post("/api/detokenize", {"model": smollm2, "tokens": [1.5]})[0] == 400
     status, body = daemon.post("/api/detokenize", {"model": smollm2, "tokens": [10**9]})
     assert status == 400 and "token ids" in body["error"]
+    # beyond 64 bits: no JSON the runner protocol can carry (found by test_fuzz), refused before it
+    assert daemon.post("/api/detokenize", {"model": smollm2, "tokens": [2**70]}) == \
+        (400, {"error": "tokens must be a list of token ids"})
     assert daemon.post("/api/tokenize", {"model": "nope", "content": "x"}) == \
         (404, {"error": "model 'nope' not found"})
     spec = daemon.get("/openapi.json")[1]["paths"]

@@ -43,7 +43,8 @@ async def tokenize(request: web.Request) -> web.Response:
 async def detokenize(request: web.Request) -> web.Response:
     body = await read_json(request)
     tokens = field(body, "tokens", list, required=True)
-    if not all(type(t) is int for t in tokens):
+    # llama.cpp's token ids are int32: anything beyond is no id of any vocabulary (and no 64-bit JSON int)
+    if not all(type(t) is int and -2**31 <= t < 2**31 for t in tokens):
         raise bad_request("tokens must be a list of token ids")
     content = await _on_runner(request, body, lambda proc: proc.detokenize(tokens))
     return web.json_response({"model": body.get("model"), "content": content})
