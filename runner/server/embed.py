@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - a dependency; the slow path keeps work
 
 from runner.model.config import ModelConfig, ModelNotFound, load_model_config
 from runner.daemon.runner_client import RunnerError, RunnerRejected
-from runner.server.generate import Inference, _keep_alive, _options
+from runner.server.inference import Inference, keep_alive_of, request_options
 from runner.server.http import ApiError, bad_request, dumps, field, not_found, read_json
 from runner.server.models_api import parse_name
 
@@ -117,9 +117,9 @@ async def embed(request: web.Request) -> web.Response:
     truncate = field(body, "truncate", bool, True)
     dimensions = field(body, "dimensions", int, 0)
     cfg = await resolve(request, body)
-    options = _options(cfg, body)
+    options = request_options(cfg, body)
     result = await embed_texts(request, cfg, inputs, truncate=truncate, options=options,
-                               keep_alive=_keep_alive(body))
+                               keep_alive=keep_alive_of(body))
     head = dumps({"model": body.get("model")})[:-1]
     if not inputs:
         return web.Response(body=head + b',"embeddings":[]}', content_type="application/json")
@@ -139,10 +139,10 @@ async def embeddings(request: web.Request) -> web.Response:
     prompt = field(body, "prompt", str, "")
     cfg = await resolve(request, body, legacy=True)
     refuse_reranker(cfg)  # a client's mistake: a 400 here too, not the legacy route's 500
-    options = _options(cfg, body)
+    options = request_options(cfg, body)
     try:
         result = await embed_texts(request, cfg, [prompt] if prompt else [], truncate=False, options=options,
-                                   keep_alive=_keep_alive(body))
+                                   keep_alive=keep_alive_of(body))
     except ApiError as exc:
         if exc.status in (503, 404):
             raise

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from contextlib import aclosing
@@ -12,22 +11,21 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from modelfiles import OptionError, validate_options
 from modelfiles.gotemplate import go_quote
 
 from runner.model.output import ChatOutputParser, Delta
 from runner.model.thinking import THINK_LEVELS, think_enabled
-from runner.settings import parse_duration
 from runner.daemon.placement import processor_label
-from runner.model.config import ModelConfig, ModelNotFound, load_model_config
+from runner.model.config import ModelConfig
 from runner.model.render import PromptError, chat_prompt
 from runner.daemon.runner_client import RunnerError, RunnerRejected
-from runner.engine.protocol import CompletionRequest, FinalRecord, Piece, Record, SamplingOptions
-from runner.daemon.scheduler import Lease, ResidentModel, Scheduler, ServerBusy, placement_devices
+from runner.engine.protocol import FinalRecord, Piece
+from runner.daemon.scheduler import ResidentModel, placement_devices
 from runner.server import metrics
 from runner.server.grammar import grammar_for_format
-from runner.server.http import ApiError, NDJSONStream, bad_request, dumps, field, not_found, read_json
-from runner.server.models_api import model_details, parse_name
+from runner.server.inference import Inference, keep_alive_of, request_options, resolve_model
+from runner.server.http import ApiError, NDJSONStream, bad_request, dumps, field, read_json
+from runner.server.models_api import model_details
 
 log = logging.getLogger("lm.generate")
 
@@ -48,107 +46,15 @@ def now_iso() -> str:
     return f"{_iso_second[1]}.{us:06d}Z" if us else f"{_iso_second[1]}Z"
 
 
-def _keep_alive(body: dict) -> float | None:
-    if body.get("keep_alive") is None:
-        return None
-    try:
-        return parse_duration(body["keep_alive"])
-    except ValueError as exc:
-        raise bad_request(str(exc)) from None
-
-
-def _options(cfg: ModelConfig, body: dict) -> dict:
-    raw = field(body, "options", dict, {})
-    try:
-        opts, unknown = validate_options(raw)
-    except OptionError as exc:
-        raise bad_request(str(exc)) from None
-    for name in unknown:
-        log.warning("invalid option provided: %s", name)
-    return {**cfg.parameters, **opts}
-
-
-async def _resolve(request: web.Request, body: dict) -> ModelConfig:
-    name = parse_name(body.get("model") or body.get("name"))
-    try:
-        return await asyncio.to_thread(load_model_config, request.app["store"], name)
-    except ModelNotFound:
-        raise not_found(not_found_message(body)) from None
-
-
-def not_found_message(body: dict) -> str:
-    """Ollama's words for a missing model, naming it as the client did (`g270`, not `g270:latest`)."""
-    return f"model '{body.get('model') or body.get('name')}' not found"
-
-
-class Inference:
-    """One request's run on a runner: acquire, stream, release; errors mapped to Ollama's answers."""
-
-    def __init__(self, request: web.Request, cfg: ModelConfig, options: dict, keep_alive: float | None):
-        self.request, self.cfg, self.options, self.keep_alive = request, cfg, options, keep_alive
-        self.scheduler: Scheduler = request.app["scheduler"]
-        self.t0 = time.perf_counter()
-        self.load_duration = 0.0
-        self.lm: Lease | None = None
-        self.failed = False  # set when the runner broke during this request
-
-    async def __aenter__(self) -> "Inference":
-        try:
-            self.lm = await self.scheduler.acquire(self.cfg, self.options, self.keep_alive)
-        except ServerBusy as exc:
-            raise ApiError(503, str(exc)) from None
-        except RunnerError as exc:
-            raise ApiError(500, str(exc)) from None
-        # The time spent getting the runner, a load or only the scheduler's wait (never 0, as Ollama's)
-        self.load_duration = time.perf_counter() - self.t0
-        return self
-
-    async def __aexit__(self, exc_type, exc, tb) -> None:
-        if self.lm is not None:
-            self.scheduler.release(self.lm)
-            # Waiting for a dead runner's exit is for runner failures (which set `failed`) and the unexpected;
-            # an answer the route chose (ApiError: a request the runner refused as bad, say) is not one.
-            broke = self.failed or (exc is not None and not isinstance(exc, ApiError))
-            await self.scheduler.reap_if_dead(self.lm, failed=broke)
-            if self.lm.keep_alive == 0 and self.lm.active == 0:
-                await self.scheduler.unload(self.lm.key)
-
-    async def stream(self, prompt: str, context: list[int] | None = None) -> AsyncIterator[list[Record]]:
-        """The runner's records for this request, in lists of those that arrived together (see
-        RunnerClient.completion_batches); an ErrorRecord is left for the caller to raise, after the
-        pieces before it. RunnerRejected (400) for options the engine cannot honour, as the runner
-        itself would answer."""
-        try:
-            options = SamplingOptions.from_options(self.options)
-        except ValueError as exc:
-            raise RunnerRejected(str(exc), 400) from None
-        request = CompletionRequest(prompt, options, list(context or []))
-        async for batch in self.lm.proc.completion_batches(request):
-            yield batch
-
-    def stats(self, final: FinalRecord) -> dict:
-        stats = {
-            "total_duration": int((time.perf_counter() - self.t0) * 1e9),
-            "load_duration": int(self.load_duration * 1e9),
-            "prompt_eval_count": final.prompt_eval_count,
-            "prompt_eval_duration": final.prompt_eval_duration,
-            "eval_count": final.eval_count,
-            "eval_duration": final.eval_duration,
-        }
-        if final.draft_count is not None:  # only when the request speculated (runner/engine/speculative.py)
-            stats.update(draft_count=final.draft_count, draft_accepted_count=final.draft_accepted_count)
-        return stats
-
-
 async def _load_only(request: web.Request, cfg: ModelConfig, body: dict, chat: bool) -> dict:
     """Empty prompt: load the model (or unload it with keep_alive 0), as Ollama does."""
-    keep_alive = _keep_alive(body)
+    keep_alive = keep_alive_of(body)
     base = {"model": body.get("model"), "created_at": now_iso()}
     if keep_alive == 0:
         await request.app["scheduler"].unload(cfg.key)
         reason = "unload"
     else:
-        async with Inference(request, cfg, _options(cfg, body), keep_alive):
+        async with Inference(request, cfg, request_options(cfg, body), keep_alive):
             pass
         reason = "load"
     payload = {"message": {"role": "assistant", "content": ""}} if chat else {"response": ""}
@@ -207,7 +113,7 @@ def _require(cfg: ModelConfig, capability: str) -> None:
 
 async def prepare_generate(request: web.Request, body: dict) -> Prepared:
     logprobs = _logprobs(body)
-    cfg = await _resolve(request, body)
+    cfg = await resolve_model(request, body)
     if "completion" not in cfg.capabilities:
         raise bad_request(f"\"{cfg.display}\" does not support generate")
     prompt = field(body, "prompt", str, "")
@@ -245,7 +151,7 @@ def _check_messages(messages: list) -> list[dict]:
 
 async def prepare_chat(request: web.Request, body: dict) -> Prepared:
     logprobs = _logprobs(body)
-    cfg = await _resolve(request, body)
+    cfg = await resolve_model(request, body)
     if "completion" not in cfg.capabilities:
         raise bad_request(f"\"{cfg.display}\" does not support chat")
     messages = _check_messages(field(body, "messages", list, []))
@@ -279,7 +185,7 @@ async def chunk_batches(prep: Prepared) -> AsyncIterator[list[dict]]:
     engine step when we keep up, several steps' worth when we fall behind), so that a stream costs one
     pass and one write per list rather than per token. Every object is the same as `chunks` gives."""
     body, cfg = prep.body, prep.cfg
-    options = _options(cfg, body)
+    options = request_options(cfg, body)
     grammar = grammar_for_format(body.get("format"))
     if grammar:
         options["grammar"] = grammar
@@ -315,7 +221,7 @@ async def chunk_batches(prep: Prepared) -> AsyncIterator[list[dict]]:
 
     started = False
     first_token_at = None
-    async with Inference(prep.request, cfg, options, _keep_alive(body)) as inf:
+    async with Inference(prep.request, cfg, options, keep_alive_of(body)) as inf:
         try:
             final = None
             async with aclosing(inf.stream(prep.prompt, prep.context)) as batches:

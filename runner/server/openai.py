@@ -15,7 +15,8 @@ from contextlib import aclosing
 from aiohttp import web
 
 from runner.server import embed as native_embed
-from runner.server.generate import _keep_alive, _options as native_options, chunks, prepare_chat, prepare_generate
+from runner.server.generate import chunks, prepare_chat, prepare_generate
+from runner.server.inference import keep_alive_of, request_options as native_options
 from runner.server.errors import answer_errors
 from runner.server.http import ApiError, bad_request, dumps, read_json, translating
 from runner.server.models_api import parse_name
@@ -323,7 +324,7 @@ async def embeddings(request: web.Request) -> web.Response:
         raise bad_request("dimensions must be a positive integer", "dimensions")
     cfg = await native_embed.resolve(request, {"model": model})
     result = await native_embed.embed_texts(request, cfg, inputs, options=native_options(cfg, {}),
-                                            keep_alive=_keep_alive({}))
+                                            keep_alive=keep_alive_of({}))
     vectors = native_embed.normalize(result.vectors)
     if dimensions and dimensions < vectors.shape[1]:
         vectors = native_embed.normalize(vectors[:, :dimensions])

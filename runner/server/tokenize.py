@@ -16,13 +16,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from runner.daemon.runner_client import RunnerError, RunnerRejected
-from runner.server.generate import Inference, _keep_alive, _options, _resolve
+from runner.server.inference import Inference, keep_alive_of, request_options, resolve_model
 from runner.server.http import ApiError, bad_request, field, read_json
 
 
 async def _on_runner(request: web.Request, body: dict, call):
-    cfg = await _resolve(request, body)
-    async with Inference(request, cfg, _options(cfg, body), _keep_alive(body)) as inf:
+    cfg = await resolve_model(request, body)
+    async with Inference(request, cfg, request_options(cfg, body), keep_alive_of(body)) as inf:
         try:
             return await call(inf.lm.proc)
         except RunnerRejected as exc:
