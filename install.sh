@@ -49,8 +49,9 @@ fi
 # The CPU build leaves out llama.cpp's AMX kernels: on AMX hosts (Sapphire Rapids and later) they
 # crash in ggml_backend_amx_mul_mat on the first prompt, on some machines (llama.cpp issue #20824,
 # unfixed upstream); the AVX-512 kernels serve those CPUs instead. The flags only mean something on x86.
-# It also leaves out llamafile's sgemm: that kernel serves unquantized (F32/F16/BF16) products of two or
-# more rows and ggml's vec_dot one row, so a sequence's logits would depend on what it was batched with;
+# Every build also leaves out llamafile's sgemm (a CPU kernel, for layers kept on the CPU): it serves
+# unquantized (F32/F16/BF16) products of two or more rows and ggml's vec_dot one row, so a sequence's
+# logits would depend on what it was batched with;
 # without it, LM_BATCH_INVARIANT holds for every weight type. It costs those types' prefill (F16 about half,
 # Q8_0 a third: docs/performance.md), so LM_LLAMAFILE=on keeps it.
 llamafile="${LM_LLAMAFILE:-off}"
@@ -74,16 +75,14 @@ PY
   case "$have " in "$llama_version "*) ;; *) return 0 ;; esac
   case " $have " in *" norpc "*) return 0 ;; esac
   if [ -n "$no_amx" ]; then case " $have " in *" amx "*) return 0 ;; esac; fi
-  if [ "$build" = cpu ]; then
-    case " $have " in *" llamafile "*) [ "$llamafile" = on ] || return 0 ;; *) [ "$llamafile" = off ] || return 0 ;; esac
-  fi
+  case " $have " in *" llamafile "*) [ "$llamafile" = on ] || return 0 ;; *) [ "$llamafile" = off ] || return 0 ;; esac
   return 1
 }
 if llama_wanted; then
   echo ">>> installing llama-cpp-python $llama_version ($build build; compiling takes a few minutes the first time)"
   case "$build" in
-    cuda)  CMAKE_ARGS="-DGGML_CUDA=on -DGGML_RPC=on" "${pip[@]}" --force-reinstall --no-cache-dir "llama-cpp-python==$llama_version" ;;
-    metal) CMAKE_ARGS="-DGGML_METAL=on -DGGML_RPC=on" "${pip[@]}" --force-reinstall "llama-cpp-python==$llama_version" ;;
+    cuda)  CMAKE_ARGS="-DGGML_CUDA=on -DGGML_RPC=on -DGGML_LLAMAFILE=$llamafile" "${pip[@]}" --force-reinstall --no-cache-dir "llama-cpp-python==$llama_version" ;;
+    metal) CMAKE_ARGS="-DGGML_METAL=on -DGGML_RPC=on -DGGML_LLAMAFILE=$llamafile" "${pip[@]}" --force-reinstall "llama-cpp-python==$llama_version" ;;
     cpu)   cpu_env=(env CMAKE_ARGS="-DGGML_RPC=on -DGGML_LLAMAFILE=$llamafile" CFLAGS="${CFLAGS:-} $no_amx" CXXFLAGS="${CXXFLAGS:-} $no_amx")
            "${cpu_env[@]}" "${pip[@]}" "llama-cpp-python==$llama_version"
            if llama_wanted; then  # pip kept or reused a build without RPC, or with AMX or llamafile: build afresh
