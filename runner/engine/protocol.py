@@ -229,6 +229,18 @@ def _is_int(v: object) -> bool:
     return type(v) is int
 
 
+def _is_bool(v: object) -> bool:
+    return isinstance(v, bool)
+
+
+def _is_str(v: object) -> bool:
+    return isinstance(v, str)
+
+
+def _is_ints(v: object) -> bool:
+    return isinstance(v, list) and all(type(t) is int for t in v)
+
+
 def _is_number(v: object) -> bool:
     return type(v) in (int, float)
 
@@ -240,8 +252,8 @@ _OPTION_CHECKS = {
                                      "presence_penalty", "frequency_penalty")},
     "grammar": lambda v: v is None or isinstance(v, str),
     "stop": lambda v: v is None or isinstance(v, str) or (isinstance(v, list) and all(isinstance(s, str) for s in v)),
-    "logprobs": lambda v: isinstance(v, bool),
-    "draft_type": lambda v: isinstance(v, str),
+    "logprobs": _is_bool,
+    "draft_type": _is_str,
 }
 assert set(_OPTION_CHECKS) == set(SamplingOptions.__dataclass_fields__)
 
@@ -270,7 +282,7 @@ def _check_keys(obj: dict, what: str, required: frozenset, optional: frozenset =
 
 
 def _token_ids(value: object, what: str) -> list[int]:
-    if not isinstance(value, list) or not all(type(t) is int for t in value):
+    if not _is_ints(value):
         raise ProtocolError(f"{what} must be a list of token ids")
     return value
 
@@ -410,18 +422,6 @@ def is_last(record: Record) -> bool:
 # -- the other routes: tokenize, detokenize, embed, rerank ----------------------------------------
 # Each type checks its keys and their JSON types; what needs the model (token ids in its vocabulary, an
 # input it can take) is the runner's to check, with its own messages.
-
-def _is_bool(v: object) -> bool:
-    return isinstance(v, bool)
-
-
-def _is_str(v: object) -> bool:
-    return isinstance(v, str)
-
-
-def _is_ints(v: object) -> bool:
-    return isinstance(v, list) and all(type(t) is int for t in v)
-
 
 def _is_strs(v: object) -> bool:
     return isinstance(v, list) and all(isinstance(t, str) for t in v)
