@@ -335,3 +335,31 @@ def test_max_sequences_setting(monkeypatch):
     assert speculative.max_sequences_from_env() == 0
     monkeypatch.delenv("LM_SPEC_MAX_SEQUENCES")
     assert speculative.max_sequences_from_env() == speculative.DEFAULT_MAX_SEQUENCES
+
+
+def test_a_stateless_greedy_chain_reads_each_verify_row_as_the_chain_would(smollm2, copy_prompt):
+    """greedy_row (the verify rows' shortcut) gives the chain's own token on every row of a real step,
+    and only chains with no state of their own take the shortcut."""
+    import llama_cpp as ll
+
+    from runner.engine.batch_buffer import BatchBuffer
+    from runner.engine.sampling import SamplerChain
+
+    ctx, mem = smollm2.contexts[0]
+    ll.llama_memory_seq_rm(mem, 0, -1, -1)
+    buf = BatchBuffer(len(copy_prompt))
+    first = buf.add(copy_prompt, 0, 0, True, all_logits=True) - len(copy_prompt) + 1
+    assert ll.llama_decode(ctx, buf.as_llama_batch()) == 0
+    greedy = SamplerChain(SamplingOptions(temperature=0), smollm2.vocab, smollm2.n_vocab)
+    try:
+        assert greedy.stateless_greedy
+        rows = range(first, first + len(copy_prompt))
+        assert [greedy.greedy_row(ctx, i) for i in rows] == [greedy.sample(ctx, i) for i in rows]
+    finally:
+        greedy.free()
+        ll.llama_memory_seq_rm(mem, 0, -1, -1)
+    for opts in (SamplingOptions(temperature=0, repeat_penalty=1.1), SamplingOptions(temperature=0.8),
+                 SamplingOptions(temperature=0, grammar='root ::= "a"')):
+        chain = SamplerChain(opts, smollm2.vocab, smollm2.n_vocab)
+        assert not chain.stateless_greedy
+        chain.free()

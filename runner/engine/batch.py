@@ -456,7 +456,11 @@ class Engine:
             def one(slot: _Slot, idx: int) -> int | list[int]:
                 if not slot.draft:
                     return slot.chain.sample(ctx, idx)
-                sample = lambda i: slot.chain.sample(ctx, i)  # noqa: E731 - the chain, on row i
+                # A verify step has k + 1 rows for this sequence; the chain's pass over the vocabulary per
+                # row would cost more than the step's decode on a GPU (docs/performance.md, issue 23).
+                chain = slot.chain
+                sample = (lambda i: chain.greedy_row(ctx, i)) if chain.stateless_greedy else (  # noqa: E731
+                    lambda i: chain.sample(ctx, i))  # noqa: E731 - the chain, on row i
                 return speculative.verify(sample, idx - len(slot.draft), slot.draft)
         else:
             one = lambda slot, idx: slot.chain.sample(ctx, idx)  # noqa: E731

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 
 import llama_cpp as ll
+import numpy as np
 
 # The options themselves are part of the daemon-runner contract (protocol.py); this module builds the
 # llama.cpp chain that runs them.
@@ -18,6 +19,12 @@ class SamplerChain:
     """Owns one llama.cpp sampler chain; free() must be called when the sequence ends."""
 
     def __init__(self, opts: SamplingOptions, vocab, n_vocab: int):
+        # A greedy chain with no state of its own (no grammar, no penalty history) picks the row's
+        # largest logit whatever it has seen, so a verify row can skip building the chain's candidate
+        # array over the whole vocabulary (speculative.verify; see greedy_row).
+        self.stateless_greedy = (opts.temperature <= 0 and not opts.grammar and opts.repeat_penalty == 1.0
+                                 and not opts.presence_penalty and not opts.frequency_penalty)
+        self.n_vocab = n_vocab
         params = ll.llama_sampler_chain_default_params()
         params.no_perf = True
         self.ptr = ll.llama_sampler_chain_init(params)
@@ -59,6 +66,18 @@ class SamplerChain:
     def sample(self, ctx, index: int) -> int:
         """Samples the `index`-th output of the last decode and accepts it into the chain's state."""
         return ll.llama_sampler_sample(self.ptr, ctx, index)
+
+    def greedy_row(self, ctx, index: int) -> int:
+        """What `sample` would return for a stateless greedy chain, read with one pass over the row.
+
+        The chain keeps the single largest logit (top_k keeps it, temperature 0 keeps only it), so where
+        that maximum is unique the result is the same token; a tie (which the chain breaks by its own sort
+        order) goes through the chain itself."""
+        row = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, index), shape=(self.n_vocab,))
+        best = int(row.argmax())
+        if np.count_nonzero(row == row[best]) == 1:
+            return best
+        return self.sample(ctx, index)
 
     def reset(self) -> None:
         """Back to the state of a new chain: penalty history cleared, the seed drawn again."""
