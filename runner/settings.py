@@ -47,6 +47,26 @@ def parse_int(text: str) -> int:
         raise ValueError(f"must be an integer, got {text!r}") from None
 
 
+SPEC_MAX_SEQUENCES = 4  # LM_SPEC_MAX_SEQUENCES unset (runner/engine/speculative.py's DEFAULT_MAX_SEQUENCES)
+
+
+def parse_spec_max_sequences(text: str) -> int:
+    """A count, negative as 0; text that is no integer is the default (never an error, as the engine
+    read it before the table)."""
+    try:
+        return max(int(text), 0)
+    except ValueError:
+        return SPEC_MAX_SEQUENCES
+
+
+def parse_profile_every(text: str) -> int:
+    """LM_ENGINE_PROFILE: engine steps per profile line; 0 (or empty) is off, any other text than a
+    count above 1 is every 200 steps (as the engine read it before the table)."""
+    if not text or text == "0":
+        return 0
+    return int(text) if text.isdigit() and int(text) > 1 else 200
+
+
 def parse_flag(text: str) -> bool:
     """On for 1/true/yes/on; anything else is off (never an error, as before the table)."""
     return text.strip().lower() in ("1", "true", "yes", "on")
@@ -341,11 +361,11 @@ TABLE: tuple[Setting, ...] = (
             variables=("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY")),
     Setting("HF_TOKEN", None, parse_text, "Hugging Face's own settings for `hf.co/...` pulls: the token for "
             "gated or private repositories, and the Hub's address", REGISTRY, variables=("HF_TOKEN", "HF_ENDPOINT")),
-    Setting("SPEC_MAX_SEQUENCES", 4, parse_int, "speculative decoding only while at most this many sequences decode "
+    Setting("SPEC_MAX_SEQUENCES", SPEC_MAX_SEQUENCES, parse_spec_max_sequences, "speculative decoding only while at most this many sequences decode "
             "together (per llama.cpp context; `0` turns it off); under more load drafts would cost steps more than "
-            "they save", ENGINE),
-    Setting("ENGINE_PROFILE", None, parse_text, "`N`: every N engine steps, the runner logs where a step's time "
-            "went (see docs/performance.md)", ENGINE, shown_default="off"),
+            "they save", ENGINE, attr="spec_max_sequences"),
+    Setting("ENGINE_PROFILE", 0, parse_profile_every, "`N`: every N engine steps, the runner logs where a step's "
+            "time went (see docs/performance.md)", ENGINE, attr="engine_profile", shown_default="off"),
     Setting("API_KEY", None, parse_text, "the bearer token the CLI sends (one of the daemon's `LM_API_KEYS`)", CLI),
     Setting("NOHISTORY", False, parse_flag, "`1`: the interactive chat of `lm run` keeps no history file (otherwise "
             "the platformdirs user data dir + `/history`; arrow keys walk it across sessions)", CLI),
@@ -401,6 +421,8 @@ class Settings:
     registry_auth: str | None = field(default=None, repr=False)
     registry_config: Path | None = None
     bundled_cache: Path | None = None
+    spec_max_sequences: int = SPEC_MAX_SEQUENCES  # handed to each runner (LaunchConfig)
+    engine_profile: int = 0  # engine steps per profile line, 0: off (LaunchConfig.profile_every)
 
     def __post_init__(self) -> None:
         if self.debug and self.log_level > logging.DEBUG:  # Settings(debug=True) as code wrote it before

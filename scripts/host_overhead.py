@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.gguf_factory import write_tiny_gguf  # noqa: E402
+from runner.settings import setting  # noqa: E402
 
 # runner.cli.bench_load (and so aiohttp) is imported only after a model is loaded: importing aiohttp before
 # loading onto CUDA crashed llama.cpp's CUDA init (see runner/engine/model.py).
@@ -94,7 +95,7 @@ def engine_rate(gguf: Path, slots: int, tokens: int, requests: int, prompt_words
                 elif left["requests"] >= slots:
                     submit()
 
-    engine = Engine(model, slots, on_events)
+    engine = Engine(model, slots, on_events, profile_every=setting("ENGINE_PROFILE"))  # as the daemon hands it on
     engine.start()
     t0 = time.perf_counter()
     for _ in range(slots):
@@ -116,7 +117,8 @@ async def runner_rate(gguf: Path, slots: int, tokens: int, requests: int, prompt
     from runner.engine.protocol import CompletionRequest, LaunchConfig, SamplingOptions
 
     where = dict(gpu_layers=999, mixed_prefill=True, num_thread=RUNNER_THREADS) if GPU else dict(num_thread=THREADS)
-    launch = LaunchConfig(model=str(gguf), socket=sock, num_ctx=CTX, parallel=slots, **where)
+    launch = LaunchConfig(model=str(gguf), socket=sock, num_ctx=CTX, parallel=slots,
+                          profile_every=setting("ENGINE_PROFILE"), **where)
     proc = subprocess.Popen([sys.executable, "-m", "runner.engine", *launch.to_argv()], cwd=REPO,
                             # LM_ENGINE_PROFILE's lines (runner/engine/step_profile.py) are on the runner's stderr
                             stderr=None if os.environ.get("LM_ENGINE_PROFILE") else subprocess.DEVNULL)

@@ -28,7 +28,7 @@ FULL_LAUNCH = LaunchConfig(
     parallel=8, num_batch=1024, gpu_layers=33, main_gpu=1, split_mode="row", tensor_split=(0.625, 0.375),
     num_thread=6, flash_attn="on", kv_type="q8_0", use_mmap=False, repack=False, embedding_only=True, contexts=2,
     rpc_workers=("10.0.0.2:50052", "10.0.0.3:50052"), adapters=("/a/one.gguf", "/a/two, with comma.gguf"),
-    mixed_prefill=True,
+    mixed_prefill=True, spec_max_sequences=0, profile_every=50,
 )
 
 

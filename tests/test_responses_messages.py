@@ -56,3 +56,12 @@ def test_messages_errors(claude, smollm2):
         claude.messages.create(model="missing", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(anthropic.BadRequestError):
         claude.messages.create(model=smollm2, max_tokens=0, messages=[{"role": "user", "content": "hi"}])
+
+
+def test_input_that_makes_no_messages_is_a_400_in_openais_shape(oai, smollm2):
+    # A reasoning item alone gives the chat no turn: /v1 has no load-only request (Ollama's /api/chat has),
+    # so this is the client's mistake, answered before anything is loaded or run.
+    with pytest.raises(openai.BadRequestError) as exc:
+        oai.responses.create(model=smollm2, input=[{"type": "reasoning", "summary": []}])
+    assert exc.value.body["param"] == "input" and exc.value.body["message"] == "input must not be empty"
+    assert exc.value.body["type"] == "invalid_request_error"

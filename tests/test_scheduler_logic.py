@@ -176,6 +176,25 @@ def test_the_first_request_loads_the_model_and_the_next_reuse_its_runner():
     run(scenario)
 
 
+def test_the_engine_settings_reach_the_runner_through_its_launch_config():
+    a = model("a")
+    sched, runners, _ = scheduler(a, spec_max_sequences=0, engine_profile=50)
+    plain, plain_runners, _ = scheduler(a)
+
+    async def scenario():
+        await use(sched, a)
+        await use(plain, a)
+        (runner,), (default,) = runners.made, plain_runners.made
+        assert runner.args[runner.args.index("--spec-max-sequences") + 1] == "0"  # LM_SPEC_MAX_SEQUENCES
+        assert runner.args[runner.args.index("--profile-every") + 1] == "50"  # LM_ENGINE_PROFILE
+        assert default.args[default.args.index("--spec-max-sequences") + 1] == "4"
+        assert default.args[default.args.index("--profile-every") + 1] == "0"  # off
+        await sched.shutdown()
+        await plain.shutdown()
+
+    run(scenario)
+
+
 # -- eviction ---------------------------------------------------------------------------------------
 
 def test_short_memory_evicts_the_least_recently_used_idle_model():

@@ -150,9 +150,16 @@ def test_settings_read_elsewhere_come_from_the_table(clean_env):
 
 
 def test_the_engines_own_defaults_match_the_table():
+    from runner.engine.protocol import LaunchConfig
     from runner.engine.speculative import DEFAULT_MAX_SEQUENCES
 
-    assert BY_NAME["SPEC_MAX_SEQUENCES"].default == DEFAULT_MAX_SEQUENCES
+    assert BY_NAME["SPEC_MAX_SEQUENCES"].default == DEFAULT_MAX_SEQUENCES == LaunchConfig("m").spec_max_sequences
+    assert BY_NAME["ENGINE_PROFILE"].default == 0 == LaunchConfig("m").profile_every
+
+
+def test_engine_profile_reads_as_the_engine_read_it():
+    parse = BY_NAME["ENGINE_PROFILE"].parse
+    assert [parse(t) for t in ("0", "1", "yes", "50", "7")] == [0, 200, 200, 50, 7]
 
 
 def _source_files():

@@ -329,12 +329,21 @@ def test_sampling_keeps_the_targets_distribution(tiny):
 
 
 def test_max_sequences_setting(monkeypatch):
+    """LM_SPEC_MAX_SEQUENCES reaches the runner as LaunchConfig.spec_max_sequences (the daemon reads it)."""
+    from runner.engine.protocol import LaunchConfig
+    from runner.settings import BY_NAME
+
+    setting = BY_NAME["SPEC_MAX_SEQUENCES"]
     monkeypatch.setenv("LM_SPEC_MAX_SEQUENCES", "2")
-    assert speculative.max_sequences_from_env() == 2
+    assert setting.read() == 2
     monkeypatch.setenv("LM_SPEC_MAX_SEQUENCES", "-3")
-    assert speculative.max_sequences_from_env() == 0
+    assert setting.read() == 0
+    monkeypatch.setenv("LM_SPEC_MAX_SEQUENCES", "many")
+    assert setting.read() == speculative.DEFAULT_MAX_SEQUENCES
     monkeypatch.delenv("LM_SPEC_MAX_SEQUENCES")
-    assert speculative.max_sequences_from_env() == speculative.DEFAULT_MAX_SEQUENCES
+    assert setting.read() == speculative.DEFAULT_MAX_SEQUENCES == LaunchConfig("m").spec_max_sequences
+    launch = LaunchConfig("m", socket="s", spec_max_sequences=0, profile_every=50)
+    assert LaunchConfig.from_argv(launch.to_argv()) == launch
 
 
 def test_a_stateless_greedy_chain_reads_each_verify_row_as_the_chain_would(smollm2, copy_prompt):

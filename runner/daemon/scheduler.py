@@ -305,6 +305,9 @@ class Scheduler:
         if {"embedding", "rerank"} & set(config.capabilities):
             launch["embedding_only"] = True  # an embedding model or reranker (BERT and kin): no generation context
         launch["use_mmap"] = self._use_mmap(config, options)
+        # Engine settings the runner no longer reads from the environment itself
+        launch.update(spec_max_sequences=self.settings.spec_max_sequences,
+                      profile_every=self.settings.engine_profile)
         launch["adapters"] = tuple(str(a) for a in config.adapters)  # LoRA layers, applied in manifest order
         if placement.remote:  # the workers' devices follow this host's GPUs, as the plan numbered them
             launch["rpc_workers"] = tuple(self.settings.rpc_workers)

@@ -53,7 +53,8 @@ async def _serve(cfg: LaunchConfig, model: LoadedModel, embedder=None) -> None:
 
     info = {"n_ctx": cfg.num_ctx, "gpu_layers": cfg.gpu_layers, "pid": os.getpid()}
     server = RunnerServer(model, cfg.parallel, mixed_prefill=cfg.mixed_prefill, info=info,
-                          embedder=embedder)
+                          embedder=embedder, spec_max_sequences=cfg.spec_max_sequences,
+                          profile_every=cfg.profile_every)
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.add_routes(server.routes())
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)

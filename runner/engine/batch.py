@@ -33,7 +33,7 @@ from runner.engine.model import LoadedModel
 from runner.engine.planner import (DecodeEntry, FillerEntry, PrefillEntry, SlotState, StepPlan, StepState,
                                    plan_step, slots_to_draft)
 from runner.engine.sampling import SamplerChain, SamplingOptions
-from runner.engine.step_profile import from_env as step_profile_from_env
+from runner.engine.step_profile import StepProfile
 from runner.engine.text import TextStream
 
 
@@ -138,7 +138,8 @@ class Engine:
         *,
         mixed_prefill: bool = False,
         on_fatal: Callable[[str], None] | None = None,
-        spec_max_sequences: int | None = None,
+        spec_max_sequences: int = speculative.DEFAULT_MAX_SEQUENCES,
+        profile_every: int = 0,
     ):
         self.model = model
         self.n_ctx = model.cfg.num_ctx
@@ -151,8 +152,7 @@ class Engine:
         self.on_fatal = on_fatal
         self.mixed_prefill = mixed_prefill
         # Speculation only while a group decodes at most this many sequences (speculative.py).
-        self.spec_max_sequences = (speculative.max_sequences_from_env() if spec_max_sequences is None
-                                   else spec_max_sequences)
+        self.spec_max_sequences = spec_max_sequences
         self._waiting: deque[Request] = deque()
         self._lock = threading.Condition()
         self._stop = False
@@ -167,7 +167,7 @@ class Engine:
         # ends generation never change for a loaded model.
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
-        self._profile = step_profile_from_env()
+        self._profile = StepProfile(profile_every) if profile_every > 0 else None  # LM_ENGINE_PROFILE
 
     # -- called from other threads ---------------------------------------------------------------
     def start(self) -> None:

@@ -24,7 +24,7 @@ import orjson
 
 from modelfiles.options import DEFAULT_OPTIONS
 
-from runner.engine.speculative import check_options as check_draft_options
+from runner.engine.speculative import DEFAULT_MAX_SEQUENCES, check_options as check_draft_options
 
 
 class ProtocolError(ValueError):
@@ -71,6 +71,9 @@ class LaunchConfig:
     rpc_workers: tuple[str, ...] = ()
     adapters: tuple[str, ...] = ()  # GGUF LoRA adapters, applied in this order
     mixed_prefill: bool = False  # mix prefill chunks into decode steps (GPU: throughput over batch invariance)
+    # Speculative decoding only while a group decodes at most this many sequences (LM_SPEC_MAX_SEQUENCES)
+    spec_max_sequences: int = DEFAULT_MAX_SEQUENCES
+    profile_every: int = 0  # LM_ENGINE_PROFILE: a line on stderr every this many engine steps (0: off)
 
     def to_argv(self) -> list[str]:
         """The runner's command-line arguments (after `python -m runner.engine`)."""

@@ -33,6 +33,7 @@ from runner.engine.protocol import (CompletionRequest, DetokenizeRequest, Detoke
                                     ErrorRecord, FinalRecord, Piece, ProtocolError, RerankRequest, RerankResult,
                                     TokenizeRequest, TokenizeResult)
 from runner.engine.rerank import pair_tokens
+from runner.engine.speculative import DEFAULT_MAX_SEQUENCES
 
 
 def _ns(seconds: float) -> int:
@@ -62,7 +63,8 @@ class _Outbox:
 
 class RunnerServer:
     def __init__(self, model: LoadedModel, n_slots: int, *, mixed_prefill: bool, info: dict,
-                 embedder: EmbedEngine | None = None):
+                 embedder: EmbedEngine | None = None, spec_max_sequences: int = DEFAULT_MAX_SEQUENCES,
+                 profile_every: int = 0):
         self.model = model
         self.info = info
         self.loop = asyncio.get_running_loop()
@@ -74,7 +76,8 @@ class RunnerServer:
         self._embed_error: str | None = None
         if embedder is None:
             self.engine = Engine(model, n_slots, self._on_events_threadsafe, mixed_prefill=mixed_prefill,
-                                 on_fatal=self._on_fatal_threadsafe)
+                                 on_fatal=self._on_fatal_threadsafe, spec_max_sequences=spec_max_sequences,
+                                 profile_every=profile_every)
             self.engine.start()
 
     # A runner whose engine thread died serves nothing more: it exits (after the error events have gone

@@ -27,7 +27,6 @@ sequences decode (default 4), and the step's draft tokens stay within the batch.
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Protocol, Sequence
 
 DRAFT_TYPES = ("", "none", "ngram")
@@ -41,15 +40,6 @@ def check_options(draft_type: object, draft_num_predict: object) -> None:
         raise ValueError(f'draft_type must be one of "ngram", "none" or ""; got {draft_type!r}')
     if type(draft_num_predict) is not int or not 0 <= draft_num_predict <= MAX_DRAFT_NUM_PREDICT:
         raise ValueError(f"draft_num_predict must be between 0 and {MAX_DRAFT_NUM_PREDICT}; got {draft_num_predict!r}")
-
-
-def max_sequences_from_env() -> int:
-    """LM_SPEC_MAX_SEQUENCES: speculate only while at most this many sequences of a group decode
-    (0 turns speculation off for every request)."""
-    try:
-        return max(int(os.environ.get("LM_SPEC_MAX_SEQUENCES", DEFAULT_MAX_SEQUENCES)), 0)
-    except ValueError:
-        return DEFAULT_MAX_SEQUENCES
 
 
 class DraftSource(Protocol):

@@ -1,4 +1,5 @@
-"""Where an engine step's time goes, when LM_ENGINE_PROFILE is set: a line on stderr every N steps.
+"""Where an engine step's time goes, when LM_ENGINE_PROFILE is set: a line on stderr every N steps
+(LaunchConfig.profile_every, which the daemon fills from the setting).
 
 Phases are measured on the engine thread with perf_counter: `admit` (new requests into slots), `build`
 (planning and filling the batch), `decode` (llama_decode, including any wait to retake the GIL after
@@ -9,7 +10,6 @@ step; off by default.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
@@ -40,10 +40,3 @@ class StepProfile:
                   f"{self.tokens / wall:.0f} tok/s; ms per step: {parts}", file=sys.stderr, flush=True)
             self.totals = dict.fromkeys(PHASES, 0.0)
             self.steps = self.tokens = 0
-
-
-def from_env() -> StepProfile | None:
-    value = os.environ.get("LM_ENGINE_PROFILE", "")
-    if not value or value == "0":
-        return None
-    return StepProfile(int(value) if value.isdigit() and int(value) > 1 else 200)

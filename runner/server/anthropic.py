@@ -7,7 +7,8 @@ import secrets
 
 from aiohttp import web
 
-from runner.server.generate import gather_chat, prepare_chat
+from runner.server.generate import gather_chat, prepare_turns
+from runner.server.inference import resolve_model
 from runner.server.errors import answer_errors
 from runner.server.http import ApiError, bad_request, dumps, read_json, translating
 from runner.server.reasoning import ReasoningError, think_from_anthropic
@@ -97,6 +98,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("model: field required")
+    cfg = await resolve_model(request, body)  # and the limits, which may fill in max_tokens
     with translating("messages"):
         native = {"model": model, "messages": _messages(body), "options": _options(body), "stream": True}
         if (tools := _tools(body)) is not None:
@@ -106,7 +108,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
                 native["think"] = think
         except ReasoningError as exc:
             raise bad_request(str(exc)) from None
-    prep = await prepare_chat(request, native)
+    prep = await prepare_turns(request, native, "messages", cfg)
     mid = f"msg_{secrets.token_hex(12)}"
     message = {"id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
                "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}

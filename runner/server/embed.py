@@ -15,7 +15,6 @@ Any model embeds: embedding models with the pooling they declare, generative one
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 
@@ -27,11 +26,11 @@ try:  # prints 500x384 float32 values in 5 ms where Python's own formatting take
 except ImportError:  # pragma: no cover - a dependency; the slow path keeps working without it
     orjson = None
 
-from runner.model.config import ModelConfig, ModelNotFound, load_model_config
+from runner.model.config import ModelConfig
 from runner.daemon.runner_client import RunnerError, RunnerRejected
-from runner.server.inference import Inference, keep_alive_of, request_options
-from runner.server.http import ApiError, bad_request, dumps, field, not_found, read_json
-from runner.server.models_api import parse_name
+from runner.server.inference import Inference, resolve_model
+from runner.server.request import ModelRequest, model_request
+from runner.server.http import ApiError, bad_request, dumps, field, read_json
 
 
 @dataclass
@@ -44,13 +43,9 @@ class EmbedResult:
 
 async def resolve(request: web.Request, body: dict, legacy: bool = False) -> ModelConfig:
     """The model a request names; 404 says the name as the client gave it (Ollama's messages)."""
-    name = parse_name(body.get("model"))
-    try:
-        return await asyncio.to_thread(load_model_config, request.app["store"], name)
-    except ModelNotFound:
-        given = body.get("model")
-        message = (f'model "{given}" not found, try pulling it first' if legacy else f"model '{given}' not found")
-        raise not_found(message) from None
+    given = body.get("model")
+    message = f'model "{given}" not found, try pulling it first' if legacy else f"model '{given}' not found"
+    return await resolve_model(request, body, given="" if given is None else given, missing=message)
 
 
 def parse_input(value) -> list[str]:
@@ -82,12 +77,12 @@ def refuse_reranker(cfg: ModelConfig) -> None:
         raise bad_request(f'"{cfg.display}" does not support embeddings')
 
 
-async def embed_texts(request: web.Request, cfg: ModelConfig, inputs: list[str], *, truncate: bool = True,
-                      options: dict | None = None, keep_alive: float | None = None) -> EmbedResult:
-    """Raw embeddings of `inputs` on `cfg`'s runner (loaded as needed); ApiError on failure."""
+async def embed_texts(request: web.Request, req: ModelRequest, inputs: list[str], *,
+                      truncate: bool = True) -> EmbedResult:
+    """Raw embeddings of `inputs` on the request's model's runner (loaded as needed); ApiError on failure."""
     t0 = time.perf_counter()
-    refuse_reranker(cfg)
-    async with Inference(request, cfg, options if options is not None else dict(cfg.parameters), keep_alive) as inf:
+    refuse_reranker(req.cfg)
+    async with Inference(request, req) as inf:
         loaded = time.perf_counter()
         if not inputs:
             return EmbedResult(np.zeros((0, 0), np.float32), 0, loaded - t0, time.perf_counter() - t0)
@@ -117,9 +112,7 @@ async def embed(request: web.Request) -> web.Response:
     truncate = field(body, "truncate", bool, True)
     dimensions = field(body, "dimensions", int, 0)
     cfg = await resolve(request, body)
-    options = request_options(cfg, body)
-    result = await embed_texts(request, cfg, inputs, truncate=truncate, options=options,
-                               keep_alive=keep_alive_of(body))
+    result = await embed_texts(request, model_request(cfg, body), inputs, truncate=truncate)
     head = dumps({"model": body.get("model")})[:-1]
     if not inputs:
         return web.Response(body=head + b',"embeddings":[]}', content_type="application/json")
@@ -139,10 +132,9 @@ async def embeddings(request: web.Request) -> web.Response:
     prompt = field(body, "prompt", str, "")
     cfg = await resolve(request, body, legacy=True)
     refuse_reranker(cfg)  # a client's mistake: a 400 here too, not the legacy route's 500
-    options = request_options(cfg, body)
+    req = model_request(cfg, body)
     try:
-        result = await embed_texts(request, cfg, [prompt] if prompt else [], truncate=False, options=options,
-                                   keep_alive=keep_alive_of(body))
+        result = await embed_texts(request, req, [prompt] if prompt else [], truncate=False)
     except ApiError as exc:
         if exc.status in (503, 404):
             raise

@@ -11,10 +11,7 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from modelfiles.gotemplate import go_quote
-
 from runner.model.output import ChatOutputParser, Delta
-from runner.model.thinking import THINK_LEVELS, think_enabled
 from runner.daemon.placement import processor_label
 from runner.model.config import ModelConfig
 from runner.model.render import PromptError, chat_prompt
@@ -22,8 +19,8 @@ from runner.daemon.runner_client import RunnerError, RunnerRejected
 from runner.engine.protocol import FinalRecord, Piece
 from runner.daemon.scheduler import ResidentModel, placement_devices
 from runner.server import metrics
-from runner.server.grammar import grammar_for_format
-from runner.server.inference import Inference, keep_alive_of, request_options, resolve_model
+from runner.server.inference import Inference, resolve_model
+from runner.server.request import CompletionRequest, completion_request, logprobs_of
 from runner.server.http import ApiError, NDJSONStream, bad_request, dumps, field, read_json
 from runner.server.models_api import model_details
 
@@ -46,63 +43,48 @@ def now_iso() -> str:
     return f"{_iso_second[1]}.{us:06d}Z" if us else f"{_iso_second[1]}Z"
 
 
-async def _load_only(request: web.Request, cfg: ModelConfig, body: dict, chat: bool) -> dict:
-    """Empty prompt: load the model (or unload it with keep_alive 0), as Ollama does."""
-    keep_alive = keep_alive_of(body)
-    base = {"model": body.get("model"), "created_at": now_iso()}
-    if keep_alive == 0:
-        await request.app["scheduler"].unload(cfg.key)
-        reason = "unload"
-    else:
-        async with Inference(request, cfg, request_options(cfg, body), keep_alive):
-            pass
-        reason = "load"
-    payload = {"message": {"role": "assistant", "content": ""}} if chat else {"response": ""}
-    return {**base, **payload, "done": True, "done_reason": reason}
+@dataclass
+class Prepared:
+    """A parsed /api/generate or /api/chat request with its prompt rendered, ready to run: see `chunks`."""
+
+    request: web.Request
+    params: CompletionRequest
+    prompt: str
+    context: list[int] | None = None
+    tools: list | None = None
+
+    @property
+    def cfg(self) -> ModelConfig:
+        return self.params.cfg
+
+    @property
+    def chat(self) -> bool:
+        return self.params.chat
 
 
 @dataclass
-class Prepared:
-    """A validated /api/generate or /api/chat request, ready to run: see `chunks`."""
+class LoadOnly:
+    """A request with nothing to complete (no prompt, no messages): Ollama's /api/generate and /api/chat
+    then only load the model, or unload it with keep_alive 0 (`load_only`). The other dialects have no
+    such request and answer it as their own 400."""
 
     request: web.Request
-    body: dict
-    cfg: ModelConfig
-    prompt: str
-    chat: bool
-    context: list[int] | None = None
-    load_only: dict | None = None  # the whole answer when the request only loads or unloads
-    think: bool | str | None = None  # the request's think after Ollama's defaulting (see _think)
-    tools: list | None = None
-    logprobs: bool = False  # Ollama's `logprobs` and `top_logprobs` (see _logprobs)
-    top_logprobs: int = 0
+    params: CompletionRequest
 
 
-MAX_TOP_LOGPROBS = 20  # Ollama's bound (server/routes.go)
-
-
-def _logprobs(body: dict) -> dict:
-    """Ollama's `logprobs` / `top_logprobs` request fields, checked as its routes check them."""
-    logprobs = field(body, "logprobs", bool, False)
-    top = field(body, "top_logprobs", int, 0)
-    if not 0 <= top <= MAX_TOP_LOGPROBS:
-        raise bad_request(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
-    return {"logprobs": logprobs, "top_logprobs": top if logprobs else 0}
-
-
-def _think(body: dict, cfg: ModelConfig) -> bool | str | None:
-    """The request's think, checked as Ollama's ThinkValue is; a thinking model thinks unless told not to."""
-    value = body.get("think")
-    if isinstance(value, str) and value not in THINK_LEVELS:
-        raise bad_request(f'invalid think value: {go_quote(value)} (must be "high", "medium", "low", "max", true, '
-                          'or false)')
-    if value is not None and not isinstance(value, (bool, str)):
-        raise bad_request('think must be a boolean or string ("high", "medium", "low", "max", true, or false)')
-    if "thinking" in cfg.capabilities:
-        return True if value is None else value
-    if think_enabled(value):
-        raise bad_request(f"{go_quote(str(body.get('model') or body.get('name')))} does not support thinking")
-    return value
+async def load_only(prep: LoadOnly) -> dict:
+    """Loads (or, with keep_alive 0, unloads) the model; the answer Ollama gives for it."""
+    params = prep.params
+    base = {"model": params.model, "created_at": now_iso()}
+    if params.keep_alive == 0:
+        await prep.request.app["scheduler"].unload(params.cfg.key)
+        reason = "unload"
+    else:
+        async with Inference(prep.request, params):
+            pass
+        reason = "load"
+    payload = {"message": {"role": "assistant", "content": ""}} if params.chat else {"response": ""}
+    return {**base, **payload, "done": True, "done_reason": reason}
 
 
 def _require(cfg: ModelConfig, capability: str) -> None:
@@ -111,9 +93,11 @@ def _require(cfg: ModelConfig, capability: str) -> None:
         raise bad_request(f"{cfg.stored.name} does not support {capability}")  # Ollama names the model in full here
 
 
-async def prepare_generate(request: web.Request, body: dict) -> Prepared:
-    logprobs = _logprobs(body)
-    cfg = await resolve_model(request, body)
+async def prepare_generate(request: web.Request, body: dict, cfg: ModelConfig | None = None) -> Prepared | LoadOnly:
+    """/api/generate's body parsed once and its prompt rendered; the model lookup is its only I/O (`cfg`:
+    a dialect translated into this body resolved it, and applied the limits, from its own body)."""
+    logprobs = logprobs_of(body)
+    cfg = cfg or await resolve_model(request, body)
     if "completion" not in cfg.capabilities:
         raise bad_request(f"\"{cfg.display}\" does not support generate")
     prompt = field(body, "prompt", str, "")
@@ -123,21 +107,21 @@ async def prepare_generate(request: web.Request, body: dict) -> Prepared:
     raw = field(body, "raw", bool, False)
     if raw and (template or system or context):
         raise bad_request("raw mode does not support template, system, or context")
-    think = _think(body, cfg)
+    params = completion_request(cfg, body, chat=False, logprobs=logprobs)
     if suffix:
         _require(cfg, "insert")
     if not prompt and not suffix and not context:
-        return Prepared(request, body, cfg, "", False, load_only=await _load_only(request, cfg, body, chat=False))
+        return LoadOnly(request, params)
     try:
         # Raw: the prompt as given, no template. Otherwise one user turn through the chat template,
         # which also sees .Think (as Ollama's generate gives it).
         text = prompt if raw else chat_prompt(cfg, [{"role": "user", "content": prompt}], template=template,
-                                              system=system, suffix=suffix, think=think)
+                                              system=system, suffix=suffix, think=params.think)
     except PromptError as exc:
         raise bad_request(str(exc)) from None
     if context and not all(isinstance(t, int) and not isinstance(t, bool) for t in context):
         raise bad_request("context must be a list of token ids")
-    return Prepared(request, body, cfg, text, False, context=context, think=think, **logprobs)
+    return Prepared(request, params, text, context=context)
 
 
 def _check_messages(messages: list) -> list[dict]:
@@ -149,23 +133,35 @@ def _check_messages(messages: list) -> list[dict]:
     return messages
 
 
-async def prepare_chat(request: web.Request, body: dict) -> Prepared:
-    logprobs = _logprobs(body)
-    cfg = await resolve_model(request, body)
+async def prepare_chat(request: web.Request, body: dict, cfg: ModelConfig | None = None) -> Prepared | LoadOnly:
+    """/api/chat's body parsed once and its prompt rendered; the model lookup is its only I/O (`cfg`: as
+    for `prepare_generate`)."""
+    logprobs = logprobs_of(body)
+    cfg = cfg or await resolve_model(request, body)
     if "completion" not in cfg.capabilities:
         raise bad_request(f"\"{cfg.display}\" does not support chat")
     messages = _check_messages(field(body, "messages", list, []))
     tools = field(body, "tools", list)
-    think = _think(body, cfg)
+    params = completion_request(cfg, body, chat=True, logprobs=logprobs)
     if tools:
         _require(cfg, "tools")
     if not messages:
-        return Prepared(request, body, cfg, "", True, load_only=await _load_only(request, cfg, body, chat=True))
+        return LoadOnly(request, params)
     try:
-        text = chat_prompt(cfg, messages, tools=tools, think=think)
+        text = chat_prompt(cfg, messages, tools=tools, think=params.think)
     except PromptError as exc:
         raise bad_request(str(exc)) from None
-    return Prepared(request, body, cfg, text, True, think=think, tools=tools, **logprobs)
+    return Prepared(request, params, text, tools=tools)
+
+
+async def prepare_turns(request: web.Request, body: dict, param: str, cfg: ModelConfig) -> Prepared:
+    """`prepare_chat` for the dialects translated into it (/v1/chat/completions, /v1/responses,
+    /v1/messages): they have no load-only request, so no messages is the client's mistake, a 400 that
+    names the dialect's field `param` (before anything is loaded)."""
+    prep = await prepare_chat(request, body, cfg)
+    if isinstance(prep, LoadOnly):
+        raise bad_request(f"{param} must not be empty", param)
+    return prep
 
 
 async def chunks(prep: Prepared) -> AsyncIterator[dict]:
@@ -184,20 +180,14 @@ async def chunk_batches(prep: Prepared) -> AsyncIterator[list[dict]]:
     """`chunks`, in lists: the objects made from runner output that arrived together (one list per
     engine step when we keep up, several steps' worth when we fall behind), so that a stream costs one
     pass and one write per list rather than per token. Every object is the same as `chunks` gives."""
-    body, cfg = prep.body, prep.cfg
-    options = request_options(cfg, body)
-    grammar = grammar_for_format(body.get("format"))
-    if grammar:
-        options["grammar"] = grammar
-    if prep.logprobs:
-        options.update(logprobs=True, top_logprobs=prep.top_logprobs)
-    model = body.get("model")
+    params, cfg = prep.params, prep.cfg
+    grammar, model = params.grammar, params.model
     # Thinking and tool calls are split out of the text here, so every API built on `chunks` gets them.
     # Generate parses with the model's template even when the request brings its own, as Ollama does.
     # A grammar makes the whole answer JSON, so no think block can be in it (even where the prompt opened
     # one); Ollama instead lets the model think unconstrained first, then restarts with the grammar.
     parser = ChatOutputParser(cfg.template, tools=prep.tools if prep.chat else None,
-                              think=None if grammar else prep.think, prompt=prep.prompt)
+                              think=None if grammar else params.think, prompt=prep.prompt)
     plain = parser.passthrough  # no thinking, no tools: every piece is content as it comes
 
     def chunk(delta: Delta, created_at: str) -> dict:
@@ -221,7 +211,7 @@ async def chunk_batches(prep: Prepared) -> AsyncIterator[list[dict]]:
 
     started = False
     first_token_at = None
-    async with Inference(prep.request, cfg, options, keep_alive_of(body)) as inf:
+    async with Inference(prep.request, params) as inf:
         try:
             final = None
             async with aclosing(inf.stream(prep.prompt, prep.context)) as batches:
@@ -304,13 +294,13 @@ async def gather_chat(prep: Prepared, on_text=None, on_thinking=None) -> ChatAns
     return ChatAnswer("".join(text), calls, final, None, "".join(thinking))
 
 
-async def respond(prep: Prepared) -> web.StreamResponse:
+async def respond(prep: Prepared | LoadOnly) -> web.StreamResponse:
     """Writes `chunks` as NDJSON (stream, the default) or as one merged object."""
-    if prep.load_only is not None:
-        return web.json_response(prep.load_only)
+    if isinstance(prep, LoadOnly):
+        return web.json_response(await load_only(prep))
     # aclosing: a client that hangs up cancels us mid-loop, and the generator must then release its
     # runner request at once (not when garbage-collected), which cancels the sequence in the engine.
-    if field(prep.body, "stream", bool, True):
+    if prep.params.stream:
         out = NDJSONStream(prep.request)
         async with aclosing(chunk_batches(prep)) as stream:
             async for batch in stream:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import re
@@ -80,7 +79,8 @@ async def read_json(request: web.Request) -> dict:
     """The request body as a JSON object; 400 for anything else (as Ollama answers).
 
     Also enforced here, for every route that reads JSON: the body size (LM_MAX_BODY, 413), the nesting
-    depth (LM_MAX_JSON_DEPTH), no NaN/Infinity, and the request limits of `security.check_limits`.
+    depth (LM_MAX_JSON_DEPTH) and no NaN/Infinity. It only parses: the request limits
+    (`security.apply_limits`) need the model, and are applied where it is resolved.
     """
     settings = request.app.get("settings")
     try:
@@ -108,14 +108,6 @@ async def read_json(request: web.Request) -> dict:
     depth = settings.max_json_depth if settings else 64
     if json_too_deep(raw, body, depth):
         raise bad_request(f"invalid JSON: nested deeper than {depth} levels (LM_MAX_JSON_DEPTH)")
-    if settings is not None:
-        from runner.server.security import check_limits, model_num_predict, needs_model_limit  # security imports this module
-
-        model_predict = None
-        if needs_model_limit(request.path, body, settings):  # LM_MAX_PREDICT must not override a model's own
-            model_predict = await asyncio.to_thread(model_num_predict, request.app.get("store"),
-                                                    body.get("model") or body.get("name"))
-        check_limits(request.path, body, settings, model_predict)
     return body
 
 

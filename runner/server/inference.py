@@ -1,5 +1,6 @@
-"""The inference path the routes share: a request's model, options and keep_alive read from its body,
-and `Inference`, one request's run on a runner (acquire, stream, release; errors as Ollama answers them).
+"""The inference path the routes share: `resolve_model` (the one lookup of a request's model) and
+`Inference`, one request's run on a runner (acquire, stream, release; errors as Ollama answers them),
+which takes the request as runner/server/request.py parsed it.
 /api/generate and /api/chat (generate.py), the /v1 and Anthropic dialects, embeddings, rerank and the
 tokenizer routes all go through it."""
 
@@ -12,45 +13,29 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from modelfiles import OptionError, validate_options
-
 from runner.daemon.runner_client import RunnerError, RunnerRejected
 from runner.daemon.scheduler import Lease, Scheduler, ServerBusy
 from runner.engine.protocol import CompletionRequest, FinalRecord, Record, SamplingOptions
 from runner.model.config import ModelConfig, ModelNotFound, load_model_config
-from runner.server.http import ApiError, bad_request, field, not_found
+from runner.server.http import ApiError, not_found
 from runner.server.models_api import parse_name
-from runner.settings import parse_duration
+from runner.server.request import ModelRequest
+from runner.server.security import apply_limits
 
 log = logging.getLogger("lm.generate")  # the name its lines have always had
 
 
-def keep_alive_of(body: dict) -> float | None:
-    if body.get("keep_alive") is None:
-        return None
+async def resolve_model(request: web.Request, body: dict, given=None, missing: str | None = None) -> ModelConfig:
+    """The model `body` names (or `given`), looked up once per request, and then the request's limits
+    (security.apply_limits, which need the model's own num_predict). `body` is the body as the client
+    sent it, in its route's dialect: the limits name its fields. 404 says `missing`, else Ollama's words."""
+    given = body.get("model") or body.get("name") if given is None else given
     try:
-        return parse_duration(body["keep_alive"])
-    except ValueError as exc:
-        raise bad_request(str(exc)) from None
-
-
-def request_options(cfg: ModelConfig, body: dict) -> dict:
-    raw = field(body, "options", dict, {})
-    try:
-        opts, unknown = validate_options(raw)
-    except OptionError as exc:
-        raise bad_request(str(exc)) from None
-    for name in unknown:
-        log.warning("invalid option provided: %s", name)
-    return {**cfg.parameters, **opts}
-
-
-async def resolve_model(request: web.Request, body: dict) -> ModelConfig:
-    name = parse_name(body.get("model") or body.get("name"))
-    try:
-        return await asyncio.to_thread(load_model_config, request.app["store"], name)
+        cfg = await asyncio.to_thread(load_model_config, request.app["store"], parse_name(given))
     except ModelNotFound:
-        raise not_found(not_found_message(body)) from None
+        raise not_found(missing or not_found_message(body)) from None
+    apply_limits(request, body, cfg)
+    return cfg
 
 
 def not_found_message(body: dict) -> str:
@@ -61,8 +46,8 @@ def not_found_message(body: dict) -> str:
 class Inference:
     """One request's run on a runner: acquire, stream, release; errors mapped to Ollama's answers."""
 
-    def __init__(self, request: web.Request, cfg: ModelConfig, options: dict, keep_alive: float | None):
-        self.request, self.cfg, self.options, self.keep_alive = request, cfg, options, keep_alive
+    def __init__(self, request: web.Request, req: ModelRequest):
+        self.request, self.cfg, self.options, self.keep_alive = request, req.cfg, req.options, req.keep_alive
         self.scheduler: Scheduler = request.app["scheduler"]
         self.t0 = time.perf_counter()
         self.load_duration = 0.0

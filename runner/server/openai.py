@@ -15,8 +15,9 @@ from contextlib import aclosing
 from aiohttp import web
 
 from runner.server import embed as native_embed
-from runner.server.generate import chunks, prepare_chat, prepare_generate
-from runner.server.inference import keep_alive_of, request_options as native_options
+from runner.server.generate import LoadOnly, chunks, load_only, prepare_generate, prepare_turns
+from runner.server.inference import resolve_model
+from runner.server.request import model_request
 from runner.server.errors import answer_errors
 from runner.server.http import ApiError, bad_request, dumps, read_json, translating
 from runner.server.models_api import parse_name
@@ -179,6 +180,7 @@ class _SSE:
 @openai_errors
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body, model = await read_request(request)
+    cfg = await resolve_model(request, body)  # and the limits, which may fill in max_tokens
     with translating("chat completion"):
         native = {"model": model, "messages": _messages(body.get("messages")), "options": _options(body),
                   "stream": True, **_logprob_fields(body)}
@@ -193,7 +195,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 native["think"] = think
         except ReasoningError as exc:
             raise bad_request(str(exc), "reasoning_effort") from None
-    prep = await prepare_chat(request, native)
+    prep = await prepare_turns(request, native, "messages", cfg)
     cid, created = f"chatcmpl-{secrets.token_hex(6)}", int(time.time())
     base = {"id": cid, "created": created, "model": model, "system_fingerprint": "fp_lm"}
     stream = bool(body.get("stream"))
@@ -255,6 +257,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 @openai_errors
 async def completions(request: web.Request) -> web.StreamResponse:
     body, model = await read_request(request)
+    cfg = await resolve_model(request, body)  # and the limits, which may fill in max_tokens
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
@@ -268,13 +271,13 @@ async def completions(request: web.Request) -> web.StreamResponse:
         if isinstance(body.get("suffix"), str):
             native["suffix"] = body["suffix"]
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    prep = await prepare_generate(request, native)
+    prep = await prepare_generate(request, native, cfg)
     base = {"id": f"cmpl-{secrets.token_hex(6)}", "object": "text_completion", "created": int(time.time()),
             "model": model, "system_fingerprint": "fp_lm"}
     sse = _SSE(request) if body.get("stream") else None
     text, logprobs, final = [], [], {}
-    if prep.load_only is not None:
-        final = prep.load_only
+    if isinstance(prep, LoadOnly):  # no prompt: the model is loaded, and the answer is empty
+        final = await load_only(prep)
     else:
         async with aclosing(chunks(prep)) as pieces:
             async for obj in pieces:
@@ -322,9 +325,8 @@ async def embeddings(request: web.Request) -> web.Response:
     dimensions = body.get("dimensions")
     if dimensions is not None and (type(dimensions) is not int or dimensions < 1):
         raise bad_request("dimensions must be a positive integer", "dimensions")
-    cfg = await native_embed.resolve(request, {"model": model})
-    result = await native_embed.embed_texts(request, cfg, inputs, options=native_options(cfg, {}),
-                                            keep_alive=keep_alive_of({}))
+    cfg = await native_embed.resolve(request, body)
+    result = await native_embed.embed_texts(request, model_request(cfg, {"model": model}), inputs)
     vectors = native_embed.normalize(result.vectors)
     if dimensions and dimensions < vectors.shape[1]:
         vectors = native_embed.normalize(vectors[:, :dimensions])

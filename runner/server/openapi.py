@@ -10,7 +10,8 @@ from aiohttp import web
 
 from runner import __version__
 from runner.settings import Settings
-from runner.engine.speculative import DRAFT_TYPES, MAX_DRAFT_NUM_PREDICT
+from runner.engine.speculative import DRAFT_TYPES
+from runner.server.security import option_bounds
 
 _INT64_MAX = 2**63 - 1
 DIGEST = {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$", "example": "sha256:" + "0" * 64}
@@ -63,30 +64,33 @@ def _op(summary: str, tag: str, *, body: dict | None = None, ok: dict | None = N
 
 def _schemas(s: Settings) -> dict:
     max_predict = s.max_predict if s.max_predict > 0 else _INT64_MAX
+    bounds = {name: {"minimum": low, "maximum": high} for name, (low, high, _) in option_bounds(s).items()}
+    # The options the daemon refuses out of range state its ranges (security.option_bounds); the other
+    # ranges are advice (what sensible values are), not refused.
     options = _obj({
-        "num_keep": {"type": "integer", "minimum": -1, "maximum": s.max_context},
+        "num_keep": {"type": "integer", **bounds["num_keep"]},
         "seed": {"type": "integer", "minimum": -1, "maximum": 2**31 - 1},
-        "num_predict": {"type": "integer", "minimum": -2, "maximum": max_predict,
+        "num_predict": {"type": "integer", **bounds["num_predict"],
                         "description": "-1: no limit, -2: fill the context"},
-        "top_k": {"type": "integer", "minimum": 0, "maximum": 1000},
+        "top_k": {"type": "integer", **bounds["top_k"]},
         "top_p": {"type": "number", "minimum": 0, "maximum": 1},
         "min_p": {"type": "number", "minimum": 0, "maximum": 1},
         "typical_p": {"type": "number", "minimum": 0, "maximum": 1},
-        "repeat_last_n": {"type": "integer", "minimum": -1, "maximum": s.max_context},
+        "repeat_last_n": {"type": "integer", **bounds["repeat_last_n"]},
         "temperature": {"type": "number", "minimum": 0, "maximum": 5},
         "repeat_penalty": {"type": "number", "minimum": 0, "maximum": 5},
         "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
         "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
         "stop": {"type": "array", "items": {"type": "string", "maxLength": 100}, "maxItems": 16},
-        "num_ctx": {"type": "integer", "minimum": 0, "maximum": s.max_context},
-        "num_batch": {"type": "integer", "minimum": 1, "maximum": 65536},
+        "num_ctx": {"type": "integer", **bounds["num_ctx"]},
+        "num_batch": {"type": "integer", **bounds["num_batch"]},
         "num_gpu": {"type": "integer", "minimum": -1, "maximum": 1000},
         "main_gpu": {"type": "integer", "minimum": 0, "maximum": 16},
         "use_mmap": {"type": "boolean"},
-        "num_thread": {"type": "integer", "minimum": 0, "maximum": 1024},
+        "num_thread": {"type": "integer", **bounds["num_thread"]},
         "draft_type": {"type": "string", "enum": list(DRAFT_TYPES),
                        "description": 'speculative decoding: "ngram" proposes tokens from the prompt and text so far'},
-        "draft_num_predict": {"type": "integer", "minimum": 0, "maximum": MAX_DRAFT_NUM_PREDICT,
+        "draft_num_predict": {"type": "integer", **bounds["draft_num_predict"],
                               "description": "the most tokens drafted per step (0: no speculation)"},
     }, description="Model options; unknown names are ignored with a warning")
     fmt = {"description": '"json", or a JSON schema the answer must follow',
@@ -286,7 +290,7 @@ def _schemas(s: Settings) -> dict:
             "stop_sequences": {"type": "array", "items": {"type": "string"}, "maxItems": 4},
             "temperature": {"type": "number", "minimum": 0, "maximum": 1},
             "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-            "top_k": {"type": "integer", "minimum": 0, "maximum": 1000},
+            "top_k": {"type": "integer", "minimum": 0, "maximum": bounds["top_k"]["maximum"]},  # Anthropic's lowest
             "stream": {"type": "boolean"},
             "tools": {"type": "array", "items": _obj({"name": {"type": "string"}, "description": {"type": "string"},
                                                       "input_schema": {"type": "object"}}, ("name",))},

@@ -20,7 +20,8 @@ from aiohttp import web
 
 from runner.daemon.runner_client import RunnerError, RunnerRejected
 from runner.server.embed import resolve
-from runner.server.inference import Inference, keep_alive_of, request_options
+from runner.server.inference import Inference
+from runner.server.request import model_request
 from runner.server.http import ApiError, bad_request, dumps, field, read_json
 from runner.server.openai import openai_errors
 
@@ -55,9 +56,9 @@ async def rerank_documents(request: web.Request, body: dict) -> dict:
     cfg = await resolve(request, body)
     if "rerank" not in cfg.capabilities:
         raise bad_request(f'"{cfg.display}" does not support rerank')  # as generate's capability error
-    options, keep_alive = request_options(cfg, body), keep_alive_of(body)
+    req = model_request(cfg, body)
     rejected: RunnerRejected | None = None
-    async with Inference(request, cfg, options, keep_alive) as inf:
+    async with Inference(request, req) as inf:
         try:
             scores, counts = await inf.lm.proc.rerank(query, documents, truncate)
         except RunnerRejected as exc:  # the runner is fine: answered once out of the block

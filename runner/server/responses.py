@@ -8,7 +8,8 @@ import time
 
 from aiohttp import web
 
-from runner.server.generate import gather_chat, prepare_chat
+from runner.server.generate import gather_chat, prepare_turns
+from runner.server.inference import resolve_model
 from runner.server.http import ApiError, bad_request, dumps, translating
 from runner.server.openai import _options, _text_content, openai_errors, read_request
 from runner.server.reasoning import ReasoningError, openai_effort, think_from_effort
@@ -100,6 +101,7 @@ def _check_fields(body: dict) -> None:
 @openai_errors
 async def create_response(request: web.Request) -> web.StreamResponse:
     body, model = await read_request(request)
+    cfg = await resolve_model(request, body)  # and the limits, which may fill in max_output_tokens
     _check_fields(body)
     if body.get("max_output_tokens") is not None:
         body = {**body, "max_tokens": body["max_output_tokens"]}
@@ -114,7 +116,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
                 native["think"] = think
         except ReasoningError as exc:
             raise bad_request(str(exc), "reasoning") from None
-    prep = await prepare_chat(request, native)
+    prep = await prepare_turns(request, native, "input", cfg)
 
     rid, mid = f"resp_{secrets.token_hex(12)}", f"msg_{secrets.token_hex(12)}"
     response = {"id": rid, "object": "response", "created_at": int(time.time()), "status": "in_progress",

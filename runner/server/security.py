@@ -3,8 +3,9 @@
 Middlewares (wired in app.py, outermost first): `cors` (browser origins, preflights), `host_check`
 (DNS-rebinding guard while bound to loopback), `auth` (bearer tokens when keys are configured),
 `body_size` (Content-Length above LM_MAX_BODY refused before it is read). `check_limits` validates a
-parsed JSON body (num_ctx, num_predict, batch sizes, message counts); `http.read_json` calls it, so
-every route that reads JSON gets it and its errors come out in the route's own error shape.
+parsed JSON body (num_ctx, num_predict, batch sizes, message counts); `apply_limits` runs it once the
+request's model is resolved (runner/server/inference.py `resolve_model`, the one lookup every route
+that runs a model makes), so its errors come out in the route's own error shape.
 See docs/security.md for the threat model.
 """
 
@@ -38,7 +39,7 @@ PUBLIC_RESOURCES = frozenset({"ui-redirect", "ui-index", "ui-asset"})
 STREAMED_BODY_PREFIXES = ("/api/blobs/",)
 
 _INT64_MAX = 2**63 - 1
-_TOKEN_MAX = 2**31 - 1  # llama.cpp token ids are int32
+TOKEN_MAX = 2**31 - 1  # llama.cpp token ids are int32 (/api/generate `context`, /api/detokenize)
 _MAX_DURATION_S = (2**63 - 1) // 10**9  # Go's longest time.Duration (~292 years), as Ollama parses keep_alive
 MAX_NUM_BATCH = 65536
 MAX_NUM_THREAD = 1024
@@ -336,19 +337,20 @@ def needs_model_limit(path: str, body: dict, s: Settings) -> bool:
     return limit is None or (native and _number(limit) and limit < 0)
 
 
-def model_num_predict(store, name) -> int | None:
-    """The model's own `PARAMETER num_predict`, None when it has none (or the model is not found)."""
-    from registry import MEDIA_PARAMS, ModelName
-
-    try:
-        found = store.find(ModelName.parse(str(name).strip()))
-        for layer in found.manifest.layers if found else ():
-            if layer.media_type == MEDIA_PARAMS:
-                value = json.loads(store.read_blob_bytes(layer.digest)).get("num_predict")
-                return value if type(value) is int else None
-    except Exception:  # noqa: BLE001 - bad names and missing models are the route's to report
-        return None
-    return None
+def option_bounds(s: Settings) -> dict[str, tuple[int, int, str]]:
+    """The numeric options `check_limits` bounds: name -> (lowest, highest, the setting that sets the
+    highest, or ""). openapi.py's schema states the same ranges from this table."""
+    return {
+        "num_ctx": (0, s.max_context, "LM_MAX_CONTEXT"),
+        "num_predict": (-2, s.max_predict if s.max_predict > 0 else _INT64_MAX,
+                        "LM_MAX_PREDICT" if s.max_predict > 0 else ""),
+        "num_batch": (1, MAX_NUM_BATCH, ""),
+        "num_thread": (0, MAX_NUM_THREAD, ""),
+        "repeat_last_n": (-1, s.max_context, ""),
+        "num_keep": (-1, s.max_context, ""),
+        "top_k": (-1, _INT64_MAX, ""),
+        "draft_num_predict": (0, MAX_DRAFT_NUM_PREDICT, ""),
+    }
 
 
 def check_limits(path: str, body: dict, s: Settings, model_predict: int | None = None) -> None:
@@ -358,7 +360,7 @@ def check_limits(path: str, body: dict, s: Settings, model_predict: int | None =
     -2..LM_MAX_PREDICT; num_batch, num_thread, repeat_last_n, num_keep sane; keep_alive a duration Go can
     hold; messages and embedding inputs counted; generate's `context` token ids, no more than LM_MAX_CONTEXT.
     With LM_MAX_PREDICT set, a request that sets no limit (or an unlimited one) gets LM_MAX_PREDICT, unless
-    the model's own num_predict (`model_predict`, see `model_num_predict`) is within it and the request set none.
+    the model's own num_predict (`model_predict`, its `PARAMETER num_predict`) is within it and the request set none.
     """
     max_predict = s.max_predict if s.max_predict > 0 else _INT64_MAX
     if body.get("keep_alive") is not None:
@@ -371,15 +373,8 @@ def check_limits(path: str, body: dict, s: Settings, model_predict: int | None =
                        "loaded)", "keep_alive")
     options = body.get("options")
     if isinstance(options, dict):
-        _check_range(options, "num_ctx", 0, s.max_context, "options.num_ctx", "LM_MAX_CONTEXT")
-        _check_range(options, "num_predict", -2, max_predict, "options.num_predict",
-                     "LM_MAX_PREDICT" if s.max_predict > 0 else "")
-        _check_range(options, "num_batch", 1, MAX_NUM_BATCH, "options.num_batch")
-        _check_range(options, "num_thread", 0, MAX_NUM_THREAD, "options.num_thread")
-        _check_range(options, "repeat_last_n", -1, s.max_context, "options.repeat_last_n")
-        _check_range(options, "num_keep", -1, s.max_context, "options.num_keep")
-        _check_range(options, "top_k", -1, _INT64_MAX, "options.top_k")
-        _check_range(options, "draft_num_predict", 0, MAX_DRAFT_NUM_PREDICT, "options.draft_num_predict")
+        for name, (low, high, setting) in option_bounds(s).items():
+            _check_range(options, name, low, high, f"options.{name}", setting)
         draft_type = options.get("draft_type")
         if isinstance(draft_type, str) and draft_type not in DRAFT_TYPES:
             raise bad_request(f'options.draft_type must be "ngram", "none" or ""; got {json.dumps(draft_type)}', "options")
@@ -403,11 +398,23 @@ def check_limits(path: str, body: dict, s: Settings, model_predict: int | None =
     if path == "/api/generate":
         _check_count(body, "context", s.max_context, "context tokens", "LM_MAX_CONTEXT")
         context = body.get("context")
-        if isinstance(context, list) and not all(type(t) is int and 0 <= t <= _TOKEN_MAX for t in context):
+        if isinstance(context, list) and not all(type(t) is int and 0 <= t <= TOKEN_MAX for t in context):
             raise bad_request("context must be a list of token ids (integers from 0)", "context")
+
+
+
+def apply_limits(request: web.Request, body: dict, cfg) -> None:
+    """`check_limits` for a request whose model `cfg` (a runner.model.config.ModelConfig) is resolved:
+    LM_MAX_PREDICT must not override the model's own num_predict, which only the model says. `body` is
+    the body as the client sent it (the route's own dialect), since the limits name its fields."""
+    settings = request.app.get("settings")
+    if settings is None:  # an app built without settings (unit tests): no limits configured
+        return
+    predict = cfg.parameters.get("num_predict")
+    check_limits(request.path, body, settings, predict if type(predict) is int else None)
 
 
 __all__ = [
     "OriginPolicy", "KeyRing", "auth_middleware", "cors_middleware", "host_check_middleware",
-    "body_size_middleware", "check_limits", "needs_model_limit", "model_num_predict", "cors_headers", "default_origins", "is_loopback_host",
+    "body_size_middleware", "check_limits", "apply_limits", "option_bounds", "needs_model_limit", "cors_headers", "default_origins", "is_loopback_host",
 ]

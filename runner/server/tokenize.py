@@ -16,13 +16,15 @@ from __future__ import annotations
 from aiohttp import web
 
 from runner.daemon.runner_client import RunnerError, RunnerRejected
-from runner.server.inference import Inference, keep_alive_of, request_options, resolve_model
+from runner.server.inference import Inference, resolve_model
+from runner.server.request import model_request
+from runner.server.security import TOKEN_MAX
 from runner.server.http import ApiError, bad_request, field, read_json
 
 
 async def _on_runner(request: web.Request, body: dict, call):
     cfg = await resolve_model(request, body)
-    async with Inference(request, cfg, request_options(cfg, body), keep_alive_of(body)) as inf:
+    async with Inference(request, model_request(cfg, body)) as inf:
         try:
             return await call(inf.lm.proc)
         except RunnerRejected as exc:
@@ -44,7 +46,7 @@ async def detokenize(request: web.Request) -> web.Response:
     body = await read_json(request)
     tokens = field(body, "tokens", list, required=True)
     # llama.cpp's token ids are int32: anything beyond is no id of any vocabulary (and no 64-bit JSON int)
-    if not all(type(t) is int and -2**31 <= t < 2**31 for t in tokens):
+    if not all(type(t) is int and -TOKEN_MAX - 1 <= t <= TOKEN_MAX for t in tokens):
         raise bad_request("tokens must be a list of token ids")
     content = await _on_runner(request, body, lambda proc: proc.detokenize(tokens))
     return web.json_response({"model": body.get("model"), "content": content})
