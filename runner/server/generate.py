@@ -22,6 +22,7 @@ from runner.daemon.runner_client import RunnerError, RunnerRejected
 from runner.engine.protocol import FinalRecord, Piece
 from runner.daemon.scheduler import ResidentModel, placement_devices
 from runner.server import metrics
+from runner.server.chat_truncation import context_flags, prompt_in_context
 from runner.server.grammar import grammar_for_format
 from runner.server.inference import Inference, keep_alive_of, request_options, resolve_model
 from runner.server.http import ApiError, NDJSONStream, bad_request, dumps, field, read_json
@@ -76,6 +77,7 @@ class Prepared:
     tools: list | None = None
     logprobs: bool = False  # Ollama's `logprobs` and `top_logprobs` (see _logprobs)
     top_logprobs: int = 0
+    messages: list | None = None  # a chat's, for dropping old ones that do not fit (chat_truncation.py)
 
 
 MAX_TOP_LOGPROBS = 20  # Ollama's bound (server/routes.go)
@@ -165,7 +167,7 @@ async def prepare_chat(request: web.Request, body: dict) -> Prepared:
         text = chat_prompt(cfg, messages, tools=tools, think=think)
     except PromptError as exc:
         raise bad_request(str(exc)) from None
-    return Prepared(request, body, cfg, text, True, think=think, tools=tools, **logprobs)
+    return Prepared(request, body, cfg, text, True, think=think, tools=tools, messages=messages, **logprobs)
 
 
 async def chunks(prep: Prepared) -> AsyncIterator[dict]:
@@ -192,6 +194,7 @@ async def chunk_batches(prep: Prepared) -> AsyncIterator[list[dict]]:
     if prep.logprobs:
         options.update(logprobs=True, top_logprobs=prep.top_logprobs)
     model = body.get("model")
+    flags = context_flags(body)
     # Thinking and tool calls are split out of the text here, so every API built on `chunks` gets them.
     # Generate parses with the model's template even when the request brings its own, as Ollama does.
     # A grammar makes the whole answer JSON, so no think block can be in it (even where the prompt opened
@@ -224,7 +227,9 @@ async def chunk_batches(prep: Prepared) -> AsyncIterator[list[dict]]:
     async with Inference(prep.request, cfg, options, keep_alive_of(body)) as inf:
         try:
             final = None
-            async with aclosing(inf.stream(prep.prompt, prep.context)) as batches:
+            prompt = await prompt_in_context(prep, inf, flags)
+            async with aclosing(inf.stream(prompt, prep.context, truncate=flags.truncate,
+                                           shift=flags.shift)) as batches:
                 async for batch in batches:
                     out: list[dict] = []
                     created_at = now_iso()  # one stamp per batch: its chunks go out together
