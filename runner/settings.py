@@ -297,7 +297,10 @@ TABLE: tuple[Setting, ...] = (
             SERVER, attr="shutdown_timeout", shown_default="`10s`"),
     Setting("MAX_LOADED_MODELS", 0, parse_int, "models kept loaded at once (`0`: 3)", MODELS,
             attr="max_loaded_models", shown_default="3"),
-    Setting("CONTEXT_LENGTH", 4096, parse_int, "default `num_ctx`", MODELS, attr="context_length"),
+    Setting("CONTEXT_LENGTH", None, parse_int, "default `num_ctx` (a Modelfile's or request's `num_ctx` wins); "
+            "unset, Ollama's rule: by the GPUs' total memory, 4096 below 23 GiB (and without a GPU), 32768 below "
+            "47 GiB, 262144 above, at most the model's trained context", MODELS, attr="context_length",
+            shown_default="by GPU memory (4096 on the CPU)"),
     Setting("KV_CACHE_TYPE", "f16", parse_text, "KV cache type: `f16`, `q8_0` (about half the memory per slot) "
             "or `q4_0`; a quantized cache needs flash attention", MODELS, attr="kv_cache_type"),
     Setting("FLASH_ATTENTION", None, parse_tristate, "`1` on, `0` off (a quantized KV cache then falls back to "
@@ -391,7 +394,7 @@ class Settings:
     num_parallel: int  # 0: choose automatically
     max_loaded_models: int  # 0: as many as fit
     max_queue: int
-    context_length: int
+    context_length: int | None  # None: by GPU memory (runner/daemon/context_default.py)
     flash_attention: bool | None  # None: llama.cpp decides (on where the device supports it)
     kv_cache_type: str  # f16, q8_0, q4_0 (see kv_cache_settings)
     load_timeout: float

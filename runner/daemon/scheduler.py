@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from runner.settings import Settings
+from runner.daemon.context_default import default_num_ctx
 from runner.daemon.placement import SYSTEM, MemoryProbe, ModelShape, Placement, place
 from runner.model.config import ModelConfig
 from runner.daemon.replicas import pick_replica, plan_replicas
@@ -143,10 +144,20 @@ class Scheduler:
         self.loaded: dict[str, ResidentModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._inflight: dict[str, int] = {}
+        self._gpu_totals: list[int] | None = None  # asked once: a GPU's total memory does not change
 
     def _num_ctx(self, config: ModelConfig, options: dict) -> int:
         value = options.get("num_ctx") or config.parameters.get("num_ctx") or self.settings.context_length
+        if not value:  # Ollama's automatic default: by GPU memory, at most the model's trained context
+            value = default_num_ctx(self._gpus_total_memory(), config.gguf.context_length)
         return max(int(value), 16)
+
+    def _gpus_total_memory(self) -> list[int]:
+        """Each usable GPU's total bytes (none where the installed llama.cpp cannot offload to CUDA)."""
+        if self._gpu_totals is None:
+            gpus = self.memory.gpus() if self.memory.backend() == "cuda" else []
+            self._gpu_totals = [g.total for g in gpus]
+        return self._gpu_totals
 
     def _num_gpu(self, config: ModelConfig, options: dict) -> int | None:
         value = options.get("num_gpu", config.parameters.get("num_gpu"))

@@ -28,6 +28,7 @@ import llama_cpp as ll
 
 from runner.engine import speculative
 from runner.engine.batch_buffer import BatchBuffer
+from runner.engine.context_limit import context_full, fit_prompt, shifts
 from runner.engine.logprobs import token_logprob
 from runner.engine.model import LoadedModel
 from runner.engine.planner import (DecodeEntry, FillerEntry, PrefillEntry, SlotState, StepPlan, StepState,
@@ -62,6 +63,8 @@ class Request:
     prompt: list[int]
     options: SamplingOptions
     id: int = field(default_factory=itertools.count().__next__)
+    truncate: bool = True  # Ollama's request fields: context_limit.py
+    shift: bool = True
     cancelled: bool = False
     # Filled in by the engine:
     prompt_eval_count: int = 0
@@ -276,18 +279,14 @@ class Engine:
             except ValueError as exc:
                 events.append(Event(req, done=True, error=str(exc)))
 
-    def _fit_prompt(self, prompt: list[int], num_keep: int) -> list[int]:
+    def _fit_prompt(self, prompt: list[int], num_keep: int, truncate: bool = True) -> list[int]:
         """Ollama's overflow rule: keep the first num_keep tokens, drop from the front after them."""
-        limit = self.n_ctx - 1  # leave room for at least one generated token
-        if len(prompt) <= limit:
-            return prompt
-        keep = min(max(num_keep, 0), limit // 2)
-        return prompt[:keep] + prompt[len(prompt) - (limit - keep):]
+        return fit_prompt(prompt, self.n_ctx, num_keep, truncate)
 
     def _assign(self, slot: _Slot, req: Request) -> None:
         if not req.prompt:
             raise ValueError("empty prompt")
-        prompt = self._fit_prompt(req.prompt, req.options.num_keep)
+        prompt = self._fit_prompt(req.prompt, req.options.num_keep, req.truncate)
         reuse = self._reusable_prefix(slot, prompt)
         ll.llama_memory_seq_rm(slot.group.memory, slot.seq_id, reuse, -1)
         del slot.cached[reuse:]
@@ -378,7 +377,8 @@ class Engine:
         slots = group.slots
         for entry in plan.entries:
             slot = slots[entry.seq_id]
-            if type(entry) is DecodeEntry and self.can_shift and len(slot.cached) + 1 >= self.n_ctx:
+            if (type(entry) is DecodeEntry and context_full(len(slot.cached), self.n_ctx)
+                    and shifts(self.can_shift, slot.req.shift)):
                 self._shift_context(slot)
         buf = group.buffer
         buf.clear()
@@ -507,7 +507,7 @@ class Engine:
             events.append(Event(req, text=text, logprobs=lp))
             self._finish(slot, "length", events, now)
             return
-        if not self.can_shift and len(slot.cached) + 1 >= self.n_ctx:
+        if context_full(len(slot.cached), self.n_ctx) and not shifts(self.can_shift, req.shift):
             events.append(Event(req, text=text, logprobs=lp))
             self._finish(slot, "length", events, now)
             return

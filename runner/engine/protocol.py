@@ -8,7 +8,8 @@ it without loading a model library.
 
 Wire forms (unchanged by this module's introduction):
   argv              --model PATH --socket PATH --num-ctx N ... (LaunchConfig.to_argv / from_argv)
-  POST /completion  {"prompt": str, "options": {SamplingOptions' fields}, "context"?: [int]}
+  POST /completion  {"prompt": str, "options": {SamplingOptions' fields}, "context"?: [int], "truncate"?: false,
+                    "shift"?: false}
   its NDJSON lines  {"content": str, "logprobs"?: [...]} (a Piece), then one last line: a FinalRecord
                     {"done": true, "done_reason", counts, durations in ns, "context", draft counts when
                     the request speculated} or an ErrorRecord {"error": str}
@@ -298,21 +299,33 @@ class CompletionRequest:
     prompt: str
     options: SamplingOptions = field(default_factory=SamplingOptions)
     context: list[int] = field(default_factory=list)
+    # Ollama's request fields (runner/engine/context_limit.py): a prompt longer than the context is cut
+    # (else refused, 400), and a full context shifts (else generation stops with done_reason "length").
+    truncate: bool = True
+    shift: bool = True
 
     def to_json(self) -> bytes:
         obj: dict = {"prompt": self.prompt, "options": asdict(self.options)}
         if self.context:
             obj["context"] = self.context
+        if not self.truncate:  # written only when off: the common request's line stays as it was
+            obj["truncate"] = False
+        if not self.shift:
+            obj["shift"] = False
         return orjson.dumps(obj)
 
     @classmethod
     def from_json(cls, data: bytes | str | dict) -> "CompletionRequest":
         obj = _object(data, "a completion request")
-        _check_keys(obj, "a completion request", frozenset({"prompt", "options"}), frozenset({"context"}))
+        _check_keys(obj, "a completion request", frozenset({"prompt", "options"}),
+                    frozenset({"context", "truncate", "shift"}))
         if not isinstance(obj["prompt"], str):
             raise ProtocolError("prompt must be a string")
+        for flag in ("truncate", "shift"):
+            if flag in obj and not _is_bool(obj[flag]):
+                raise ProtocolError(f"a completion request's {flag} must be a boolean")
         return cls(obj["prompt"], SamplingOptions.from_dict(obj["options"]),
-                   _token_ids(obj.get("context") or [], "context"))
+                   _token_ids(obj.get("context") or [], "context"), obj.get("truncate", True), obj.get("shift", True))
 
 
 # -- what comes back ------------------------------------------------------------------------------

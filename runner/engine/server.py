@@ -26,6 +26,7 @@ import sys
 from aiohttp import web
 
 from runner.engine.batch import Engine, Event, Request
+from runner.engine.context_limit import fit_prompt
 from runner.engine.embed import EmbedEngine, EmbedJob, EmbedUnsupported, InputTooLong, new_embed_engine
 from runner.engine.long_prompt import tokenize_prompt
 from runner.engine.model import LoadedModel
@@ -156,9 +157,11 @@ class RunnerServer:
                                          add_special=not context, whole_head=not context)
             # A short prompt (at most 2 * n_ctx bytes: no pass over the vocabulary either) is quicker inline.
             prompt = context + (tokenize() if len(text) <= n_ctx // 2 else await asyncio.to_thread(tokenize))
-        except (TypeError, ValueError) as exc:  # ProtocolError is a ValueError
+            if not completion.truncate:  # refused before the stream starts, as Ollama's runner does (400)
+                fit_prompt(prompt, n_ctx, opts.num_keep, truncate=False)
+        except (TypeError, ValueError) as exc:  # ProtocolError and context_limit.PromptTooLong are ValueErrors
             return web.json_response({"error": str(exc)}, status=400)
-        req = Request(prompt=prompt, options=opts)
+        req = Request(prompt=prompt, options=opts, truncate=completion.truncate, shift=completion.shift)
         box = self.outboxes[req.id] = _Outbox()
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)

@@ -21,6 +21,7 @@ from runner.daemon.scheduler import ResidentModel, placement_devices
 from runner.server import metrics
 from runner.server.inference import Inference, resolve_model
 from runner.server.request import CompletionRequest, completion_request, logprobs_of
+from runner.server.chat_truncation import prompt_in_context
 from runner.server.http import ApiError, NDJSONStream, bad_request, dumps, field, read_json
 from runner.server.models_api import model_details
 
@@ -52,6 +53,7 @@ class Prepared:
     prompt: str
     context: list[int] | None = None
     tools: list | None = None
+    messages: list | None = None  # a chat's, for dropping old ones that do not fit (chat_truncation.py)
 
     @property
     def cfg(self) -> ModelConfig:
@@ -151,7 +153,7 @@ async def prepare_chat(request: web.Request, body: dict, cfg: ModelConfig | None
         text = chat_prompt(cfg, messages, tools=tools, think=params.think)
     except PromptError as exc:
         raise bad_request(str(exc)) from None
-    return Prepared(request, params, text, tools=tools)
+    return Prepared(request, params, text, tools=tools, messages=messages)
 
 
 async def prepare_turns(request: web.Request, body: dict, param: str, cfg: ModelConfig) -> Prepared:
@@ -214,7 +216,9 @@ async def chunk_batches(prep: Prepared) -> AsyncIterator[list[dict]]:
     async with Inference(prep.request, params) as inf:
         try:
             final = None
-            async with aclosing(inf.stream(prep.prompt, prep.context)) as batches:
+            prompt = await prompt_in_context(prep, inf)
+            async with aclosing(inf.stream(prompt, prep.context, truncate=params.truncate,
+                                           shift=params.shift)) as batches:
                 async for batch in batches:
                     out: list[dict] = []
                     created_at = now_iso()  # one stamp per batch: its chunks go out together

@@ -75,16 +75,17 @@ class Inference:
             if self.lm.keep_alive == 0 and self.lm.active == 0:
                 await self.scheduler.unload(self.lm.key)
 
-    async def stream(self, prompt: str, context: list[int] | None = None) -> AsyncIterator[list[Record]]:
+    async def stream(self, prompt: str, context: list[int] | None = None, *, truncate: bool = True,
+                     shift: bool = True) -> AsyncIterator[list[Record]]:
         """The runner's records for this request, in lists of those that arrived together (see
         RunnerClient.completion_batches); an ErrorRecord is left for the caller to raise, after the
         pieces before it. RunnerRejected (400) for options the engine cannot honour, as the runner
-        itself would answer."""
+        itself would answer. `truncate` and `shift`: Ollama's request fields (runner/engine/context_limit.py)."""
         try:
             options = SamplingOptions.from_options(self.options)
         except ValueError as exc:
             raise RunnerRejected(str(exc), 400) from None
-        request = CompletionRequest(prompt, options, list(context or []))
+        request = CompletionRequest(prompt, options, list(context or []), truncate, shift)
         async for batch in self.lm.proc.completion_batches(request):
             yield batch
 

@@ -97,6 +97,8 @@ def _schemas(s: Settings) -> dict:
            "oneOf": [{"type": "string", "enum": ["json"]}, {"type": "object"}]}
     think = {"oneOf": [{"type": "boolean"}, {"type": "string", "enum": ["high", "medium", "low", "max"]}]}
     logprobs = {"logprobs": {"type": "boolean"}, "top_logprobs": {"type": "integer", "minimum": 0, "maximum": 20}}
+    # Ollama's context fields (runner/engine/context_limit.py): cut an overlong prompt (else 400), shift a full context
+    context_flags = {"truncate": {"type": "boolean"}, "shift": {"type": "boolean"}}
     token_logprob = {"token": {"type": "string"}, "logprob": {"type": "number"},
                      "bytes": {"type": "array", "items": {"type": "integer"}}}
     logprob_list = {"type": "array", "items": _obj({**token_logprob, "top_logprobs": {
@@ -149,7 +151,7 @@ def _schemas(s: Settings) -> dict:
             "raw": {"type": "boolean"}, "format": fmt,
             "images": {"type": "array", "items": {"type": "string", "format": "byte"}},
             "think": think, "options": _ref("Options"), "keep_alive": DURATION, "stream": {"type": "boolean"},
-            **logprobs,
+            **logprobs, **context_flags,
         }, ("model",)),
         "GenerateResponse": _obj({**stats, "response": {"type": "string"}, "thinking": {"type": "string"},
                                   "context": {"type": "array", "items": {"type": "integer"}},
@@ -160,7 +162,7 @@ def _schemas(s: Settings) -> dict:
             "model": MODEL, "messages": {"type": "array", "items": _ref("Message"), "maxItems": s.max_messages},
             "tools": {"type": "array", "items": _ref("Tool")}, "format": fmt, "think": think,
             "options": _ref("Options"), "keep_alive": DURATION, "stream": {"type": "boolean"},
-            **logprobs,
+            **logprobs, **context_flags,
         }, ("model",)),
         "ChatResponse": _obj({**stats, "message": _ref("Message"), "logprobs": logprob_list}),
         "EmbedRequest": _obj({

@@ -70,6 +70,9 @@ class CompletionRequest(ModelRequest):
     think: bool | str | None = None  # after Ollama's defaulting (see `think_of`)
     logprobs: bool = False
     top_logprobs: int = 0
+    # Ollama's context rules (api/types.go Truncate/Shift, *bool, unset means true): see chat_truncation.py
+    truncate: bool = True
+    shift: bool = True
 
 
 def logprobs_of(body: dict) -> tuple[bool, int]:
@@ -110,4 +113,5 @@ def completion_request(cfg: ModelConfig, body: dict, *, chat: bool,
     if logprobs:
         options.update(logprobs=True, top_logprobs=top)
     return CompletionRequest(body.get("model"), cfg, options, keep_alive_of(body), chat=chat, stream=stream,
-                             grammar=grammar, think=think, logprobs=logprobs, top_logprobs=top)
+                             grammar=grammar, think=think, logprobs=logprobs, top_logprobs=top,
+                             truncate=field(body, "truncate", bool, True), shift=field(body, "shift", bool, True))
