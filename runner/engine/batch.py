@@ -4,7 +4,9 @@ Each step carries one token for every generating sequence (with its drafts when 
 prompt chunks of newcomers; what goes into a step is planner.py's choice, made from the slots' state.
 This module gathers that state, fills the llama_batch from the plan, decodes and samples. New requests
 join between steps and finished ones leave at once. A step's results reach the server in one call
-(`on_events`), so the HTTP side wakes once per step, not once per token.
+(`on_events`), so the HTTP side wakes once per step, not once per token. A new request's prompt
+prefix is kept from its slot's cache, copied from another slot of its group, or waited for while
+another slot prefills it (prefix_share.py).
 
 With several contexts (pipelining, the GPU's choice for many slots) the slots are split into groups,
 one per context: llama_decode returns while the GPU still computes, so the engine samples one group's
