@@ -79,3 +79,13 @@ def test_choose_slot_prefers_its_own_cache_then_the_least_recently_used():
     assert choose_slot(free, other_prompt, CHUNK).seq_id == 2  # none serves it: the LRU goes
     free[2] = done(2, [6] * 40, last_used=10)
     assert choose_slot(free, other_prompt, CHUNK).seq_id == 0
+
+
+def test_common_prefix_across_blocks():
+    from runner.engine.prefix_share import common_prefix
+    a = list(range(1000))
+    assert common_prefix(a, a) == 1000
+    assert common_prefix(a, a[:700] + [-1] + a[701:]) == 700
+    assert common_prefix(a, a[:256] + [-1]) == 256
+    assert common_prefix(a[:300], a) == 300
+    assert common_prefix((), a) == 0

@@ -45,8 +45,15 @@ class Rules:
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    # Compared in blocks of list slices (C speed) before token by token: while requests wait, the
+    # engine asks this of every slot pair at every step, over prompts of thousands of tokens.
     n = min(len(a), len(b))
     i = 0
+    while i < n:
+        j = min(i + 256, n)
+        if list(a[i:j]) != list(b[i:j]):
+            break
+        i = j
     while i < n and a[i] == b[i]:
         i += 1
     return i
@@ -88,8 +95,11 @@ def decide(prompt: Sequence[int], dst: SlotView, others: Sequence[SlotView], rul
     for s in others:
         if not s.pending:
             continue
-        whole = [*s.cached, *s.pending]  # a prefilling slot's cache holds only its prompt so far
-        n = usable(whole, len(whole), prompt, rules)
+        # a prefilling slot's cache holds only its prompt so far: its whole prompt is cached + pending
+        n = common_prefix(s.cached, prompt)
+        if n == len(s.cached):
+            n += common_prefix(s.pending, prompt[n:])
+        n = min(n, len(prompt) - 1) // rules.granule * rules.granule
         if n > future:
             wait_for, future = s.seq_id, n
     if wait_for is not None and future - best >= rules.min_copy:
