@@ -4,7 +4,9 @@ Each step carries one token for every generating sequence (with its drafts when 
 prompt chunks of newcomers; what goes into a step is planner.py's choice, made from the slots' state.
 This module gathers that state, fills the llama_batch from the plan, decodes and samples. New requests
 join between steps and finished ones leave at once. A step's results reach the server in one call
-(`on_events`), so the HTTP side wakes once per step, not once per token.
+(`on_events`), so the HTTP side wakes once per step, not once per token. A new request's prompt
+prefix is kept from its slot's cache, copied from another slot of its group, or waited for while
+another slot prefills it (prefix_share.py).
 
 With several contexts (pipelining, the GPU's choice for many slots) the slots are split into groups,
 one per context: llama_decode returns while the GPU still computes, so the engine samples one group's
@@ -26,7 +28,7 @@ from typing import Callable
 
 import llama_cpp as ll
 
-from runner.engine import speculative
+from runner.engine import prefix_share, speculative
 from runner.engine.batch_buffer import BatchBuffer
 from runner.engine.context_limit import context_full, fit_prompt, shifts
 from runner.engine.logprobs import token_logprob
@@ -44,6 +46,8 @@ _MIN_PER_WORKER = 4
 _MIN_PER_WORKER_MANY_CORES = 2
 _MANY_CORES = 8
 _FILLER_TOKEN = 0  # what an idle slot decodes to close a gap between busy ones (any token id will do)
+# Mixed steps: a prefix copy (a whole KV stream) is worth it from this many tokens saved.
+_MIN_PREFIX_COPY = 64
 
 
 @dataclass
@@ -101,6 +105,10 @@ class _Slot:
         self.generated = 0
         self.drafter: speculative.DraftSource | None = None  # the request's draft source, if it speculates
         self.draft: list[int] = []  # tokens proposed for the step being planned or in flight
+        # Its request's prefix is not settled yet (prefix_share.decide): it holds the slot but computes
+        # nothing, waiting for another slot of the group to finish prefilling the prefix they share.
+        self.unsettled = False
+        self.last_used = 0  # the engine's clock when a request last began or ended here (LRU)
 
     @property
     def busy(self) -> bool:
@@ -122,14 +130,6 @@ class _Group:
     @property
     def busy(self) -> int:
         return sum(s.busy for s in self.slots)
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class Engine:
@@ -171,6 +171,7 @@ class Engine:
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
         self._profile = StepProfile(profile_every) if profile_every > 0 else None  # LM_ENGINE_PROFILE
+        self._clock = itertools.count(1).__next__  # orders slot uses, for prefix_share's LRU choice
 
     # -- called from other threads ---------------------------------------------------------------
     def start(self) -> None:
@@ -227,6 +228,7 @@ class Engine:
                 events: list[Event] = []
                 self._drop_cancelled(group, events)
                 self._admit(group, events)
+                self._settle_prefixes(group)
                 if prof:
                     prof.mark("admit")
                 self._launch(group)
@@ -273,7 +275,9 @@ class Engine:
             if req.cancelled:
                 events.append(Event(req, done=True, done_reason="cancelled"))
                 continue
-            slot = max(free, key=lambda s: _common_prefix(s.cached, req.prompt))
+            prompt = self._fit_prompt(req.prompt, req.options.num_keep)
+            chosen = prefix_share.choose_slot([self._view(s) for s in free], prompt, self._share_rules(group))
+            slot = group.slots[chosen.seq_id]
             try:
                 self._assign(slot, req)
             except ValueError as exc:
@@ -284,35 +288,71 @@ class Engine:
         return fit_prompt(prompt, self.n_ctx, num_keep, truncate)
 
     def _assign(self, slot: _Slot, req: Request) -> None:
+        """Gives the slot its request; where the prompt's prefix comes from is settled at once or,
+        when the request waits for another slot's prefill, at a later step (_settle_prefixes)."""
         if not req.prompt:
             raise ValueError("empty prompt")
         prompt = self._fit_prompt(req.prompt, req.options.num_keep, req.truncate)
-        reuse = self._reusable_prefix(slot, prompt)
-        ll.llama_memory_seq_rm(slot.group.memory, slot.seq_id, reuse, -1)
-        del slot.cached[reuse:]
-        slot.prefilled = min(slot.prefilled, reuse)
         self._set_chain(slot, req.options)
         slot.req = req
-        slot.pending = prompt[reuse:]
+        slot.pending = prompt
+        slot.unsettled = True
+        slot.last_used = self._clock()
         slot.stream = TextStream(req.options.stop)
         slot.generated = 0
         slot.drafter = speculative.draft_source_for(req.options.draft_type, req.options.draft_num_predict)
         req.speculative = slot.drafter is not None
-        req.prompt_eval_count = len(slot.pending)
         req.context = list(prompt)
 
-    def _reusable_prefix(self, slot: _Slot, prompt: list[int]) -> int:
-        """How many leading prompt tokens can keep the KV already in the slot (the prefix cache).
+    def _share_rules(self, group: _Group) -> prefix_share.Rules:
+        if self.mixed_prefill:
+            return prefix_share.Rules(granule=1, min_copy=_MIN_PREFIX_COPY)
+        # Batch-invariant steps: whole prefill chunks only, and one chunk is always worth a copy.
+        chunk = group.buffer.capacity
+        return prefix_share.Rules(granule=chunk, min_copy=chunk)
 
-        At least one token is always evaluated again, for its logits. When steps must be batch-invariant,
-        only whole prefill chunks are reused: the chunks computed after them then see exactly the batches
-        (and so the numerics) that a run from scratch would, and the output stays bit-identical.
-        """
-        reuse = min(_common_prefix(slot.cached, prompt), len(prompt) - 1)
-        if not self.mixed_prefill:
-            chunk = slot.group.buffer.capacity
-            reuse = min(reuse, slot.prefilled) // chunk * chunk
-        return reuse
+    def _view(self, slot: _Slot) -> prefix_share.SlotView:
+        # A slot not yet settled is no prefill to wait for: it computes nothing until it is settled.
+        pending = slot.pending if slot.busy and not slot.unsettled else ()
+        return prefix_share.SlotView(slot.seq_id, slot.cached, slot.prefilled, pending, slot.last_used)
+
+    def _settle_prefixes(self, group: _Group) -> None:
+        """Settles where each new request's prompt prefix comes from, oldest request first (so that
+        of several arrivals sharing a prefix the first computes it and the others wait for it).
+
+        Runs in the group's turn before its step is launched: no step of this group is in flight then
+        (_run completes each group's step before that group's next admission), so every KV the
+        copies read is complete and no step writes it before the copy. llama.cpp performs a copy
+        between streams at the context's next llama_decode, before that decode computes anything."""
+        unsettled = [s for s in group.slots if s.unsettled]
+        if not unsettled:
+            return
+        rules = self._share_rules(group)
+        for slot in sorted(unsettled, key=lambda s: s.req.id):
+            prompt = slot.pending  # the whole prompt while unsettled
+            others = [self._view(s) for s in group.slots if s is not slot]
+            d = prefix_share.decide(prompt, self._view(slot), others, rules)
+            if d.kind == "wait":
+                continue
+            mem = group.memory
+            keep = d.n_tokens
+            if d.kind == "copy":
+                source = group.slots[d.source]
+                # Between streams seq_cp copies the whole stream (any other range aborts llama.cpp);
+                # the trim below keeps the shared prefix.
+                ll.llama_memory_seq_cp(mem, source.seq_id, slot.seq_id, -1, -1)
+                slot.cached = source.cached[:keep]
+                slot.prefilled = keep
+                source.last_used = self._clock()  # its prefix served: keep it cached longer
+            if not ll.llama_memory_seq_rm(mem, slot.seq_id, keep, -1):
+                # a memory that cannot cut a sequence (recurrent): start the sequence afresh
+                ll.llama_memory_seq_rm(mem, slot.seq_id, -1, -1)
+                keep, slot.cached, slot.prefilled = 0, [], 0
+            del slot.cached[keep:]
+            slot.prefilled = min(slot.prefilled, keep)
+            slot.pending = prompt[keep:]
+            slot.unsettled = False
+            slot.req.prompt_eval_count = len(slot.pending)  # the tokens computed: reuse shows here
 
     def _set_chain(self, slot: _Slot, opts: SamplingOptions) -> None:
         key = opts.chain_key()
@@ -332,6 +372,8 @@ class Engine:
         slot.req = slot.stream = slot.drafter = None
         slot.pending = []
         slot.draft = []
+        slot.unsettled = False
+        slot.last_used = self._clock()
 
     def _drop_cancelled(self, group: _Group, events: list[Event]) -> None:
         for slot in group.slots:
@@ -340,7 +382,9 @@ class Engine:
                 self._release(slot)
 
     def _slot_state(self, slot: _Slot) -> SlotState:
-        if not slot.busy:
+        if not slot.busy or slot.unsettled:
+            # A request waiting for another slot's prefill has nothing to compute yet: to the planner
+            # its slot is idle (it may carry a gap filler, recorded in its cache like any idle slot's).
             return SlotState.idle(slot.seq_id)
         if slot.pending:
             return SlotState.prefilling(slot.seq_id, len(slot.pending), slot.req.id)
