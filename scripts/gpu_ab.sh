@@ -4,7 +4,7 @@
 #   mkdir -p .device/base && git archive HEAD runner registry modelfiles | tar x -C .device/base
 # then run there:  VARIANTS="base:.device/base new:. new2048:.:2048" bash scripts/gpu_ab.sh
 #   VARIANTS="name:dir[:num_batch[:ENV=VALUE,...]] ..."  e.g. "base:.device/base onectx:.::LM_PIPELINE=false"  CLIENTS=8,32,64  SHAPE=llama3-8b  PROMPT=277 (tokens)
-#   LM_ENGINE_PROFILE=N LM_DEBUG=1
+#   LM_ENGINE_PROFILE=N LM_DEBUG=1  BENCH_ARGS="--shared-prefix-tokens 4096" (more lm bench options)
 set -uo pipefail
 ROOT=$PWD; OUT=${OUT:-/tmp/ab}; mkdir -p "$OUT"
 SHAPE=${SHAPE:-llama3-8b}; CLIENTS=${CLIENTS:-8,32,64}; SLOTS=${SLOTS:-64}; TOKENS=${TOKENS:-256}
@@ -26,6 +26,6 @@ for v in $VARIANTS; do
    echo "== $name"
    # The load comes from this tree's client for every variant, so each gets the very same prompts.
    (cd "$ROOT" && PYTHONPATH=$ROOT/.device/py:$ROOT python3 -m runner.cli bench synth --clients "$CLIENTS" \
-      --tokens "$TOKENS" --requests "$REQS" --prompt-tokens "$PROMPT" 2>&1 | grep -v "^\s*$" | tail -8)
+      --tokens "$TOKENS" --requests "$REQS" --prompt-tokens "$PROMPT" ${BENCH_ARGS:-} 2>&1 | grep -v "^\s*$" | tail -8)
    kill $pid; wait $pid) | tee -a "$OUT/ab.txt"
 done

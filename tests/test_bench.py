@@ -52,3 +52,18 @@ def test_prompt_tokens_count_cached_prompts_too(daemon, tiny):
     status, body = daemon.post("/api/generate", {"model": tiny, "prompt": prompt, "raw": True, "stream": False,
                                                  "options": {"num_predict": 1}})
     assert status == 200 and body["prompt_eval_count"] < first  # the cache hit this test is about
+
+
+def test_a_shared_prefix_is_computed_once_and_the_bench_shows_it(daemon, tiny):
+    # Four requests (2 clients x 2) after one ~1,200-token system prompt: the prefix is computed by the
+    # first and copied to or kept for the others (issue 22), so the prompt tokens computed in all stay
+    # well under four whole prompts.
+    result = daemon.cli("bench", tiny, "--clients", "2", "--tokens", "4", "--requests", "2", "--prompt-tokens", "40",
+                        "--shared-prefix-tokens", "1200", "--json")
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)
+    assert row["errors"] == 0
+    whole = 1200 + row["prompt_tokens"]
+    assert 0 < row["prompt_eval_tokens"] < 2 * whole, row
+    bad = daemon.cli("bench", tiny, "--shared-prefix-tokens", "-1")
+    assert bad.returncode != 0 and "must not be negative" in bad.stderr + bad.stdout

@@ -20,10 +20,16 @@ WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly 
          "rivers mountains and distant cities").split()
 
 
-def make_prompt(n_words: int, salt: int) -> str:
-    # A salt in front keeps the prefix cache from serving one request's prompt to another.
+def make_prompt(n_words: int, salt: int, shared: str = "") -> str:
+    # A salt in front keeps the prefix cache from serving one request's prompt to another; `shared`, a
+    # preamble every request of a run starts with (a system prompt), is what it may serve.
     words = [WORDS[(i * 7 + salt) % len(WORDS)] for i in range(n_words)]
-    return f"Story {salt}: " + " ".join(words)
+    return shared + f"Story {salt}: " + " ".join(words)
+
+
+def make_preamble(n_words: int, salt: int) -> str:
+    """A shared system prompt of n_words, new for each salt (so no earlier run has it cached)."""
+    return f"Notes {salt}: " + " ".join(WORDS[(i * 5 + salt) % len(WORDS)] for i in range(n_words)) + "\n" if n_words else ""
 
 
 _run_nonce = itertools.count(random.randrange(1 << 20) * 1000)
@@ -36,6 +42,7 @@ class RunResult:
     tokens: int
     ttfts: list[float] = field(default_factory=list)
     per_client_tps: list[float] = field(default_factory=list)
+    prompt_evaluated: int = 0  # prompt tokens the server computed (what its prefix cache did not serve)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -73,11 +80,11 @@ class Target:
             return len(answer["context"]) - int(answer.get("eval_count") or 0)
         return int(answer["prompt_eval_count"])
 
-    async def one(self, session: aiohttp.ClientSession, prompt: str, n: int, seed: int) -> tuple[float, int]:
-        """(ttft seconds, tokens generated) for one streamed request."""
+    async def one(self, session: aiohttp.ClientSession, prompt: str, n: int, seed: int) -> tuple[float, int, int]:
+        """(ttft seconds, tokens generated, prompt tokens computed) for one streamed request."""
         t0 = time.perf_counter()
         ttft = None
-        tokens = 0
+        tokens = evaluated = 0
         if self.kind == "llama-server":
             body = {"prompt": prompt, "n_predict": n, "stream": True, "seed": seed, "temperature": 0.8,
                     "cache_prompt": True}
@@ -94,6 +101,7 @@ class Target:
                         ttft = time.perf_counter() - t0
                     if obj.get("stop"):
                         tokens = obj.get("tokens_predicted") or obj.get("timings", {}).get("predicted_n", 0)
+                        evaluated = obj.get("timings", {}).get("prompt_n", 0)
         else:
             body = {"model": self.model, "prompt": prompt, "stream": True, "raw": True,
                     "options": {"num_predict": n, "seed": seed, "temperature": 0.8}}
@@ -110,12 +118,14 @@ class Target:
                         ttft = time.perf_counter() - t0
                     if obj.get("done"):
                         tokens = obj.get("eval_count", 0)
-        return (ttft if ttft is not None else time.perf_counter() - t0), tokens
+                        evaluated = obj.get("prompt_eval_count", 0)
+        return (ttft if ttft is not None else time.perf_counter() - t0), tokens, evaluated
 
 
 async def run_load(target: Target, clients: int, requests_per_client: int, n_predict: int, prompt_words: int,
-                   on_progress=None) -> RunResult:
+                   on_progress=None, shared_words: int = 0) -> RunResult:
     result = RunResult(clients=clients, wall=0.0, tokens=0)
+    shared = make_preamble(shared_words, next(_run_nonce))
     timeout = aiohttp.ClientTimeout(total=None)
     # A fresh connection per request: llama-server closes streamed responses' connections, and reusing
     # one then fails. Loopback connects cost far less than a token, for every target alike.
@@ -126,11 +136,13 @@ async def run_load(target: Target, clients: int, requests_per_client: int, n_pre
             for r in range(requests_per_client):
                 salt = next(_run_nonce)  # never the same prompt twice, across runs and targets
                 try:
-                    ttft, n = await target.one(session, make_prompt(prompt_words, salt), n_predict, seed=salt)
+                    ttft, n, evaluated = await target.one(session, make_prompt(prompt_words, salt, shared),
+                                                          n_predict, seed=salt)
                 except Exception as exc:  # reported in the table, not fatal to the run
                     result.errors.append(str(exc))
                     continue
                 result.ttfts.append(ttft)
+                result.prompt_evaluated += evaluated
                 tokens += n
                 result.tokens += n
                 if on_progress:
@@ -169,5 +181,5 @@ def summarize(r: RunResult) -> dict:
         "clients": r.clients, "tokens": r.tokens, "wall_s": round(r.wall, 3), "tok_s": round(r.tps, 1),
         "per_client_tok_s": round(statistics.mean(r.per_client_tps), 1) if r.per_client_tps else 0.0,
         "ttft_p50_ms": round(r.ttft(0.5) * 1000, 1), "ttft_p95_ms": round(r.ttft(0.95) * 1000, 1),
-        "errors": len(r.errors),
+        "errors": len(r.errors), "prompt_eval_tokens": r.prompt_evaluated,
     }

@@ -260,6 +260,8 @@ def bench(name: str,
           tokens: int = typer.Option(128, "--tokens", help="Tokens to generate per request"),
           prompt_tokens: int = typer.Option(64, "--prompt-tokens", help="Prompt length (tokens) per request"),
           requests: int = typer.Option(2, "--requests", help="Requests per client"),
+          shared_prefix_tokens: int = typer.Option(0, "--shared-prefix-tokens",
+                                                   help="A system prompt of about this many tokens shared by every request"),
           compare: Optional[str] = typer.Option(None, "--compare", help="Also load this llama-server or Ollama URL"),
           compare_model: Optional[str] = typer.Option(None, "--compare-model", help="Model name at the peer"),
           json_out: bool = typer.Option(False, "--json", help="Print the results as JSON")) -> None:
@@ -273,9 +275,12 @@ def bench(name: str,
         fail("--clients takes comma-separated integers, e.g. 1,8,32")
     if not counts or min(counts) < 1 or tokens < 1 or requests < 1:
         fail("--clients, --tokens and --requests must be positive")
+    if shared_prefix_tokens < 0:
+        fail("--shared-prefix-tokens must not be negative")
     try:
         client.json("POST", "/api/show", {"model": name})
-        run_bench(client.base, name, counts, tokens, prompt_tokens, requests, compare, compare_model, json_out)
+        run_bench(client.base, name, counts, tokens, prompt_tokens, requests, compare, compare_model, json_out,
+                  shared_prefix_tokens)
     except ClientError as exc:
         fail(str(exc))
     except (OSError, RuntimeError) as exc:
