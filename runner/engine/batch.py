@@ -228,7 +228,6 @@ class Engine:
                 events: list[Event] = []
                 self._drop_cancelled(group, events)
                 self._admit(group, events)
-                self._settle_prefixes(group)
                 if prof:
                     prof.mark("admit")
                 self._launch(group)
@@ -413,7 +412,9 @@ class Engine:
         """Starts one llama_decode over the group's planned step; its outputs become group.inflight.
 
         llama_decode returns once the work is queued on an asynchronous backend (a GPU), before the
-        results exist: they are read in _complete."""
+        results exist: they are read in _complete. New requests' prefixes are settled first, so the step
+        plans what they still have to compute."""
+        self._settle_prefixes(group)
         plan = self._plan(group)
         if not plan.entries:
             return
