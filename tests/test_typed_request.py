@@ -13,7 +13,7 @@ import pytest
 from runner.server.errors import ApiError
 from runner.server.generate import LoadOnly, Prepared, prepare_chat, prepare_generate, prepare_turns
 from runner.server.openapi import _schemas
-from runner.server.request import CompletionRequest, completion_request, model_request
+from runner.server.request import CompletionParams, completion_params, model_request
 from runner.server.security import apply_limits, check_limits, option_bounds
 from runner.settings import Settings
 
@@ -39,32 +39,32 @@ def _refused(call, *args, **kw) -> ApiError:
 
 def test_options_are_the_models_parameters_under_the_requests_validated_once():
     cfg = _cfg(temperature=0.7, num_ctx=4096, stop=["<end>"])
-    req = completion_request(cfg, {"model": "m", "options": {"temperature": 0, "seed": 3}}, chat=True)
+    req = completion_params(cfg, {"model": "m", "options": {"temperature": 0, "seed": 3}}, chat=True)
     assert req.options == {"temperature": 0, "num_ctx": 4096, "stop": ["<end>"], "seed": 3}
     assert (req.model, req.cfg, req.chat, req.stream, req.keep_alive, req.grammar) == ("m", cfg, True, True, None, None)
     assert cfg.parameters == {"temperature": 0.7, "num_ctx": 4096, "stop": ["<end>"]}  # not written through
-    assert "temperature" in _refused(completion_request, cfg, {"options": {"temperature": "hot"}}, chat=True).message
-    assert _refused(completion_request, cfg, {"options": [1]}, chat=True).status == 400
+    assert "temperature" in _refused(completion_params, cfg, {"options": {"temperature": "hot"}}, chat=True).message
+    assert _refused(completion_params, cfg, {"options": [1]}, chat=True).status == 400
 
 
 def test_format_logprobs_keep_alive_and_stream_are_read_into_the_request():
-    req = completion_request(_cfg(), {"format": "json", "logprobs": True, "top_logprobs": 3, "keep_alive": "5m",
+    req = completion_params(_cfg(), {"format": "json", "logprobs": True, "top_logprobs": 3, "keep_alive": "5m",
                                       "stream": False}, chat=False)
     assert req.grammar and req.options["grammar"] == req.grammar
     assert (req.logprobs, req.top_logprobs, req.options["logprobs"], req.options["top_logprobs"]) == (True, 3, True, 3)
     assert (req.keep_alive, req.stream, req.chat) == (300.0, False, False)
-    assert completion_request(_cfg(), {"top_logprobs": 3}, chat=False).top_logprobs == 0  # only with logprobs
-    assert "top_logprobs" in _refused(completion_request, _cfg(), {"top_logprobs": 21}, chat=False).message
-    assert "format" in _refused(completion_request, _cfg(), {"format": 3}, chat=False).message
-    assert "stream" in _refused(completion_request, _cfg(), {"stream": "yes"}, chat=False).message
-    assert _refused(completion_request, _cfg(), {"keep_alive": "soon"}, chat=False).status == 400
+    assert completion_params(_cfg(), {"top_logprobs": 3}, chat=False).top_logprobs == 0  # only with logprobs
+    assert "top_logprobs" in _refused(completion_params, _cfg(), {"top_logprobs": 21}, chat=False).message
+    assert "format" in _refused(completion_params, _cfg(), {"format": 3}, chat=False).message
+    assert "stream" in _refused(completion_params, _cfg(), {"stream": "yes"}, chat=False).message
+    assert _refused(completion_params, _cfg(), {"keep_alive": "soon"}, chat=False).status == 400
 
 
 def test_think_defaults_as_ollamas():
-    assert completion_request(_cfg(("completion", "thinking")), {}, chat=True).think is True
-    assert completion_request(_cfg(("completion", "thinking")), {"think": "low"}, chat=True).think == "low"
-    assert completion_request(_cfg(), {}, chat=True).think is None
-    assert "does not support thinking" in _refused(completion_request, _cfg(), {"model": "m", "think": True},
+    assert completion_params(_cfg(("completion", "thinking")), {}, chat=True).think is True
+    assert completion_params(_cfg(("completion", "thinking")), {"think": "low"}, chat=True).think == "low"
+    assert completion_params(_cfg(), {}, chat=True).think is None
+    assert "does not support thinking" in _refused(completion_params, _cfg(), {"model": "m", "think": True},
                                                    chat=True).message
 
 
@@ -87,7 +87,7 @@ def test_nothing_to_complete_is_load_only_and_nothing_is_loaded_while_preparing(
     assert type(prep) is LoadOnly and prep.params.keep_alive == 0 and prep.params.chat
     prep = _run(prepare_generate(NO_IO, {"model": "m"}, _cfg()))
     assert type(prep) is LoadOnly and not prep.params.chat
-    assert isinstance(prep.params, CompletionRequest)
+    assert isinstance(prep.params, CompletionParams)
 
 
 def test_the_dialects_answer_no_messages_with_a_400_naming_their_field():

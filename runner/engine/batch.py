@@ -274,11 +274,12 @@ class Engine:
             if req.cancelled:
                 events.append(Event(req, done=True, done_reason="cancelled"))
                 continue
-            prompt = self._fit_prompt(req.prompt, req.options.num_keep)
-            chosen = prefix_share.choose_slot([self._view(s) for s in free], prompt, self._share_rules(group))
-            slot = group.slots[chosen.seq_id]
             try:
-                self._assign(slot, req)
+                if not req.prompt:
+                    raise ValueError("empty prompt")
+                prompt = self._fit_prompt(req.prompt, req.options.num_keep, req.truncate)
+                chosen = prefix_share.choose_slot([self._view(s) for s in free], prompt, self._share_rules(group))
+                self._assign(group.slots[chosen.seq_id], req, prompt)
             except ValueError as exc:
                 events.append(Event(req, done=True, error=str(exc)))
 
@@ -286,12 +287,9 @@ class Engine:
         """Ollama's overflow rule: keep the first num_keep tokens, drop from the front after them."""
         return fit_prompt(prompt, self.n_ctx, num_keep, truncate)
 
-    def _assign(self, slot: _Slot, req: Request) -> None:
-        """Gives the slot its request; where the prompt's prefix comes from is settled at once or,
-        when the request waits for another slot's prefill, at a later step (_settle_prefixes)."""
-        if not req.prompt:
-            raise ValueError("empty prompt")
-        prompt = self._fit_prompt(req.prompt, req.options.num_keep, req.truncate)
+    def _assign(self, slot: _Slot, req: Request, prompt: list[int]) -> None:
+        """Gives the slot its request and its fitted prompt; where the prompt's prefix comes from is
+        settled at the group's next step (_settle_prefixes), or later while it waits for another slot."""
         self._set_chain(slot, req.options)
         slot.req = req
         slot.pending = prompt
@@ -503,10 +501,8 @@ class Engine:
                     return slot.chain.sample(ctx, idx)
                 # A verify step has k + 1 rows for this sequence; the chain's pass over the vocabulary per
                 # row would cost more than the step's decode on a GPU (docs/performance.md, issue 23).
-                chain = slot.chain
-                sample = (lambda i: chain.greedy_row(ctx, i)) if chain.stateless_greedy else (  # noqa: E731
-                    lambda i: chain.sample(ctx, i))  # noqa: E731 - the chain, on row i
-                return speculative.verify(sample, idx - len(slot.draft), slot.draft)
+                row = slot.chain.greedy_row if slot.chain.stateless_greedy else slot.chain.sample
+                return speculative.verify(lambda i: row(ctx, i), idx - len(slot.draft), slot.draft)
         else:
             one = lambda slot, idx: slot.chain.sample(ctx, idx)  # noqa: E731
         if len(outputs) < 2 * self._min_per_worker or self._pool is None:

@@ -20,7 +20,7 @@ from runner.engine.protocol import FinalRecord, Piece
 from runner.daemon.scheduler import ResidentModel, placement_devices
 from runner.server import metrics
 from runner.server.inference import Inference, resolve_model
-from runner.server.request import CompletionRequest, completion_request, logprobs_of
+from runner.server.request import CompletionParams, completion_params, logprobs_of
 from runner.server.chat_truncation import prompt_in_context
 from runner.server.http import ApiError, NDJSONStream, bad_request, dumps, field, read_json
 from runner.server.models_api import model_details
@@ -49,7 +49,7 @@ class Prepared:
     """A parsed /api/generate or /api/chat request with its prompt rendered, ready to run: see `chunks`."""
 
     request: web.Request
-    params: CompletionRequest
+    params: CompletionParams
     prompt: str
     context: list[int] | None = None
     tools: list | None = None
@@ -71,7 +71,7 @@ class LoadOnly:
     such request and answer it as their own 400."""
 
     request: web.Request
-    params: CompletionRequest
+    params: CompletionParams
 
 
 async def load_only(prep: LoadOnly) -> dict:
@@ -109,7 +109,7 @@ async def prepare_generate(request: web.Request, body: dict, cfg: ModelConfig | 
     raw = field(body, "raw", bool, False)
     if raw and (template or system or context):
         raise bad_request("raw mode does not support template, system, or context")
-    params = completion_request(cfg, body, chat=False, logprobs=logprobs)
+    params = completion_params(cfg, body, chat=False, logprobs=logprobs)
     if suffix:
         _require(cfg, "insert")
     if not prompt and not suffix and not context:
@@ -144,7 +144,7 @@ async def prepare_chat(request: web.Request, body: dict, cfg: ModelConfig | None
         raise bad_request(f"\"{cfg.display}\" does not support chat")
     messages = _check_messages(field(body, "messages", list, []))
     tools = field(body, "tools", list)
-    params = completion_request(cfg, body, chat=True, logprobs=logprobs)
+    params = completion_params(cfg, body, chat=True, logprobs=logprobs)
     if tools:
         _require(cfg, "tools")
     if not messages:

@@ -60,19 +60,28 @@ def model_request(cfg: ModelConfig, body: dict) -> ModelRequest:
 
 
 @dataclass(frozen=True)
-class CompletionRequest(ModelRequest):
+class CompletionParams(ModelRequest):
     """/api/generate or /api/chat (and the dialects translated into them), parsed: `options` also carries
-    the grammar and logprobs the engine samples with."""
+    the grammar (from `format`) and logprobs the engine samples with, read back by the properties."""
 
     chat: bool = True  # /api/chat's shape (messages, answers with `message`), else /api/generate's
     stream: bool = True
-    grammar: str | None = None  # from `format`
     think: bool | str | None = None  # after Ollama's defaulting (see `think_of`)
-    logprobs: bool = False
-    top_logprobs: int = 0
     # Ollama's context rules (api/types.go Truncate/Shift, *bool, unset means true): see chat_truncation.py
     truncate: bool = True
     shift: bool = True
+
+    @property
+    def grammar(self) -> str | None:
+        return self.options.get("grammar")
+
+    @property
+    def logprobs(self) -> bool:
+        return self.options.get("logprobs", False)
+
+    @property
+    def top_logprobs(self) -> int:
+        return self.options.get("top_logprobs", 0)
 
 
 def logprobs_of(body: dict) -> tuple[bool, int]:
@@ -99,8 +108,8 @@ def think_of(body: dict, cfg: ModelConfig) -> bool | str | None:
     return value
 
 
-def completion_request(cfg: ModelConfig, body: dict, *, chat: bool,
-                       logprobs: tuple[bool, int] | None = None) -> CompletionRequest:
+def completion_params(cfg: ModelConfig, body: dict, *, chat: bool,
+                      logprobs: tuple[bool, int] | None = None) -> CompletionParams:
     """The typed request of a generate or chat body whose model is `cfg` (`logprobs`: when the caller
     checked them already, before resolving the model, as Ollama orders its errors)."""
     logprobs, top = logprobs if logprobs is not None else logprobs_of(body)
@@ -112,6 +121,6 @@ def completion_request(cfg: ModelConfig, body: dict, *, chat: bool,
         options["grammar"] = grammar
     if logprobs:
         options.update(logprobs=True, top_logprobs=top)
-    return CompletionRequest(body.get("model"), cfg, options, keep_alive_of(body), chat=chat, stream=stream,
-                             grammar=grammar, think=think, logprobs=logprobs, top_logprobs=top,
-                             truncate=field(body, "truncate", bool, True), shift=field(body, "shift", bool, True))
+    return CompletionParams(body.get("model"), cfg, options, keep_alive_of(body), chat=chat, stream=stream,
+                            think=think, truncate=field(body, "truncate", bool, True),
+                            shift=field(body, "shift", bool, True))
